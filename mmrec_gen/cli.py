@@ -1,0 +1,193 @@
+"""`mmrec` (also `python -m mmrec_gen`): rank, evaluate, explain, prompts, models, data, demo.
+
+Heavy libraries (torch, transformers models) are imported inside the commands, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+USAGE = """usage: mmrec COMMAND [options]   (mmrec COMMAND --help for a command's options)
+
+commands:
+  rank        rank each user's candidates with an LLM (modes: score, constrained, generate) -> JSONL
+  evaluate    metrics of one or more ranking JSONL files (HR@1, HR@5, NDCG@5/10, MRR, ValidRatio, errors)
+  explain     explain each user's top-ranked item, with hallucination / history-citation checks -> JSONL
+  prompts     `prompts list` shows the templates; `prompts validate` renders every template on sample data
+  models      list registered model names (any HF model id or local folder works too)
+  data        `data synth --out DIR` writes the synthetic multimodal dataset
+  demo        synthetic data -> SmolLM2 ranks (3 modes) and explains -> metrics table
+"""
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_rank(argv: Sequence[str]) -> int:
+    from mmrec_gen.cli_args import parse_config
+    from mmrec_gen.rank.rank_config import RankConfig
+
+    cfg = parse_config(
+        RankConfig, argv, "mmrec rank", "Rank each user's candidates with an LLM; one JSON line per user."
+    )
+    from mmrec_gen.eval.metrics import ranking_metrics
+    from mmrec_gen.rank.pipeline import run_rank
+
+    rows = run_rank(cfg)
+    m = ranking_metrics(rows)
+    print(
+        f"{cfg.out}: {m['n_users']} users, HR@1 {m['hr@1']:.4f}, NDCG@10 {m['ndcg@10']:.4f}, "
+        f"valid {m['valid_ratio']:.4f}, error rows {m['n_error_records']}"
+    )
+    return 0
+
+
+def cmd_explain(argv: Sequence[str]) -> int:
+    from mmrec_gen.cli_args import parse_config
+    from mmrec_gen.rank.rank_config import ExplainConfig
+
+    cfg = parse_config(
+        ExplainConfig, argv, "mmrec explain", "Explain each user's top-ranked item; one JSON line per user."
+    )
+    from mmrec_gen.rank.explain import explanation_summary
+    from mmrec_gen.rank.pipeline import run_explain
+
+    rows = run_explain(cfg)
+    print(
+        f"{cfg.out}: "
+        + ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in explanation_summary(rows).items()
+        )
+    )
+    return 0
+
+
+def cmd_evaluate(argv: Sequence[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="mmrec evaluate", description="Metrics of ranking JSONL files, one row per file."
+    )
+    parser.add_argument("files", nargs="+", help="JSONL files written by `mmrec rank` (or a baseline).")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object per file instead of a table.")
+    args = parser.parse_args(argv)
+    from mmrec_gen.eval.report import evaluate_file, format_table
+
+    results = [evaluate_file(f) for f in args.files]
+    if args.json:
+        keys = ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr", "valid_ratio", "n_users", "candidates_hash")
+        for res in results:
+            extra = {k: v for k, v in res.items() if k not in keys and k != "meta" and not isinstance(v, dict)}
+            print(json.dumps({**{k: res[k] for k in keys}, **extra}, ensure_ascii=False))
+    else:
+        print(format_table(results))
+    return 0
+
+
+def cmd_prompts(argv: Sequence[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mmrec prompts", description="Inspect and validate the prompt templates.")
+    parser.add_argument("action", choices=["list", "validate"])
+    parser.add_argument("--model", default=None, help="Also check labels/rendering with this model's tokenizer.")
+    args = parser.parse_args(argv)
+    from mmrec_gen.prompting.templates import load_manifest, validate_templates
+
+    if args.action == "list":
+        for spec in load_manifest().values():
+            print(f"{spec.id:16} v{spec.version}  task={spec.task:9} output={spec.output_format:7} {spec.description}")
+        return 0
+    tokenizer = None
+    if args.model:
+        from mmrec_gen.models.registry import load_model
+
+        tokenizer = load_model(args.model).tokenizer
+    for line in validate_templates(tokenizer):
+        print(line)
+    return 0
+
+
+def cmd_models(argv: Sequence[str]) -> int:
+    from mmrec_gen.models.registry import registered_models
+
+    for spec in registered_models().values():
+        print(f"{spec.name:30} {spec.description}")
+    print("(any HF model id or local model folder is accepted as --model too)")
+    return 0
+
+
+def cmd_data(argv: Sequence[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mmrec data", description="Dataset utilities.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    synth = sub.add_parser("synth", help="Write the synthetic multimodal dataset (generic JSONL format + images).")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--users", type=int, default=200)
+    synth.add_argument("--items", type=int, default=300)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--no-images", action="store_true")
+    args = parser.parse_args(argv)
+    from mmrec_gen.data.synthetic import generate_synthetic
+
+    path = generate_synthetic(
+        args.out, num_users=args.users, num_items=args.items, seed=args.seed, with_images=not args.no_images
+    )
+    print(f"wrote synthetic dataset to {path}")
+    return 0
+
+
+def cmd_demo(argv: Sequence[str]) -> int:
+    from mmrec_gen.cli_args import parse_config
+    from mmrec_gen.demo import DemoConfig, run_demo
+
+    cfg = parse_config(DemoConfig, argv, "mmrec demo", "Synthetic data -> rank (3 modes) -> explain -> metrics.")
+    run_demo(cfg)
+    return 0
+
+
+COMMANDS = {
+    "rank": cmd_rank,
+    "evaluate": cmd_evaluate,
+    "explain": cmd_explain,
+    "prompts": cmd_prompts,
+    "models": cmd_models,
+    "data": cmd_data,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"mmrec: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    _setup_logging()
+    try:
+        return command(argv[1:])
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        # Bad input (a malformed file, an unknown template, a missing model) is the user's to fix: say what and
+        # where, without a traceback. Set MMREC_DEBUG=1 to see the traceback.
+        if os.environ.get("MMREC_DEBUG"):
+            raise
+        print(f"mmrec {argv[0]}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""Column checks shared by the MovieLens and generic readers.
+
+A reader hands over a `RawTable` (values exactly as read, plus the line or row number each row came from); these
+helpers turn its columns into typed ids and numbers, or raise a `DataFormatError` that names the file, the line/row,
+the column, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmrec_gen.data.errors import DataFormatError
+from mmrec_gen.data.schema import Item
+
+_INTEGER_RE = re.compile(r"[0-9]+")
+
+
+@dataclass
+class RawTable:
+    """Raw values of one file. `positions[i]` is the 1-based line (or row, for Parquet) of `frame.iloc[i]`."""
+
+    path: Path
+    frame: pd.DataFrame
+    positions: np.ndarray
+    unit: str = "line"  # "line" for text files, "row" for Parquet
+
+    def where(self, i: int) -> str:
+        return f"{self.path}: {self.unit} {int(self.positions[i])}"
+
+
+@dataclass
+class RawDataset:
+    """What a reader found, before the shared filters run."""
+
+    items: dict[str, Item]
+    interactions: pd.DataFrame  # user_id, item_id (str), timestamp (int64), rating (float64)
+    interactions_path: Path
+    items_path: Path
+
+
+def require_columns(path: Path, found: Iterable[str], required: Iterable[str], hint: str = "") -> None:
+    """Raise unless every required column is present; the message lists what is missing and what was found."""
+    found_list = list(found)
+    missing = [c for c in required if c not in found_list]
+    if missing:
+        found_text = ", ".join(map(str, found_list)) or "(none)"
+        raise DataFormatError(
+            f"{path}: missing column(s) {', '.join(missing)}; columns found: {found_text}."
+            f" Fix: add the missing column(s){hint}."
+        )
+
+
+def _is_missing(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def id_to_str(value: object) -> str | None:
+    """The canonical string form of an id value (None when it is not a usable id).
+
+    Strings are stripped; ints and integral floats (Parquet turns int columns with nulls into floats) become their
+    decimal digits, so item 5 in one file and "5" in another are the same item.
+    """
+    if isinstance(value, bool) or _is_missing(value):
+        return None
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return None
+
+
+def _is_text_column(series: pd.Series) -> bool:
+    """True for a pandas string column (what the CSV readers produce), not for object columns of mixed JSON values."""
+    return series.dtype != object and pd.api.types.is_string_dtype(series)
+
+
+def parse_ids(table: RawTable, column: str, *, integer: bool) -> pd.Series:
+    """Ids of `column` as strings; `integer=True` (MovieLens) also requires non-negative whole numbers."""
+    raw = table.frame[column]
+    if integer and _is_text_column(raw):
+        # Vectorised path for the MovieLens text readers (ml-1m has 1M rows); errors fall through to the loop below.
+        stripped = raw.str.strip()
+        if bool(stripped.str.fullmatch(r"[0-9]+").fillna(False).all()):
+            return pd.Series(pd.to_numeric(stripped).astype(str).to_numpy(dtype=object), index=raw.index)
+    values = raw.tolist()
+    out: list[str] = []
+    for i, value in enumerate(values):
+        text = id_to_str(value)
+        if text is None or (integer and not _INTEGER_RE.fullmatch(text)):
+            what = "is empty" if _is_missing(value) else f"has {value!r}"
+            need = "a whole-number id" if integer else "an id (string or integer)"
+            raise DataFormatError(
+                f"{table.where(i)}, column '{column}' {what}, expected {need}. Fix: correct or remove that record."
+            )
+        out.append(str(int(text)) if integer else text)
+    return pd.Series(out, index=table.frame.index, dtype=object)
+
+
+def parse_numbers(table: RawTable, column: str, *, required: bool, integral: bool) -> pd.Series:
+    """Numbers of `column`: int64 when `integral` (timestamps), else float64 with NaN for missing optional values."""
+    raw = table.frame[column]
+    if _is_text_column(raw):
+        stripped = raw.str.strip()
+        missing = (stripped.isna() | (stripped == "")).to_numpy(dtype=bool)
+        numbers = pd.to_numeric(stripped.where(~missing, None), errors="coerce").astype("float64")
+    else:
+        values = raw.tolist()
+        missing = np.array([_is_missing(v) for v in values], dtype=bool)
+        # JSON true/false would silently become 1/0 in to_numeric; a boolean is never a valid number here.
+        is_bool = np.array([isinstance(v, bool) for v in values], dtype=bool)
+        cleaned = [None if m or b else v for v, m, b in zip(values, missing, is_bool, strict=True)]
+        numbers = pd.to_numeric(pd.Series(cleaned, dtype=object), errors="coerce").astype("float64")
+    filled = numbers.fillna(0).to_numpy()
+    bad = (numbers.isna().to_numpy() & ~missing) | ~np.isfinite(filled)
+    if integral:
+        bad |= ~missing & (filled % 1 != 0)
+    if required:
+        bad |= missing
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        value = raw.iloc[i]
+        what = "is empty" if missing[i] else f"has {value!r}"
+        need = "a whole number (Unix seconds)" if integral else "a number"
+        raise DataFormatError(
+            f"{table.where(i)}, column '{column}' {what}, expected {need}. Fix: correct or remove that record."
+        )
+    numbers.index = raw.index
+    if integral:
+        return numbers.astype("int64")
+    return numbers

@@ -1,0 +1,129 @@
+"""Evaluate result files and print them as one comparable table under their protocol line(s)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from mmrec_gen.eval.metrics import ranking_metrics, user_auc
+from mmrec_gen.eval.results_io import read_results
+
+logger = logging.getLogger(__name__)
+
+# Order of the fields in a protocol line; `candidates` is meta["candidates_hash"].
+_PROTOCOL_FIELDS = (
+    ("dataset", "dataset"),
+    ("split", "split"),
+    ("candidates", "candidates_hash"),
+    ("seed", "seed"),
+    ("model", "model"),
+    ("mode", "mode"),
+    ("template", "template"),
+    ("shots", "shots"),
+)
+# The fields that must agree for two result files to be comparable.
+_SHARED_KEYS = ("dataset", "split", "candidates_hash", "seed")
+
+_METRIC_COLUMNS = (
+    ("HR@1", "hr@1"),
+    ("HR@5", "hr@5"),
+    ("NDCG@5", "ndcg@5"),
+    ("NDCG@10", "ndcg@10"),
+    ("MRR", "mrr"),
+    ("Valid", "valid_ratio"),
+)
+_RATE_COLUMNS = (
+    ("Inv", "invalid_rate"),
+    ("Dup", "duplicate_rate"),
+    ("OOC", "out_of_candidate_rate"),
+    ("Hist", "from_history_rate"),
+    ("Miss", "missing_rate"),
+)
+
+
+def protocol_line(meta: dict[str, Any]) -> str:
+    """`protocol: dataset=... split=... candidates=<hash> seed=... model=... mode=... template=... shots=...`.
+
+    Fields absent from `meta` are left out, so the same function prints the shared line of several files.
+    """
+    parts = [f"{name}={meta[key]}" for name, key in _PROTOCOL_FIELDS if meta.get(key) is not None]
+    return "protocol: " + " ".join(parts)
+
+
+def evaluate_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Ranking metrics of one results file, plus `auc` for pointwise templates with scores, `file` and `meta`.
+
+    AUC is added when meta.template starts with "pointwise" and every non-error row carries `scores`.
+    """
+    rows = read_results(path)
+    try:
+        result = ranking_metrics(rows)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    meta = dict(rows[0].get("meta") or {})
+    non_error = [r for r in rows if r.get("error") is None and r.get("ranking") is not None]
+    if str(meta.get("template", "")).startswith("pointwise") and non_error:
+        if all(r.get("scores") is not None for r in non_error):
+            result.update(user_auc(rows))
+        else:
+            logger.warning("%s: pointwise template but some rows have no scores; AUC not computed", path)
+    result["file"] = str(path)
+    result["meta"] = meta
+    return result
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """A plain-text table (one row per evaluated file, 4 decimals) under the protocol line(s).
+
+    When all files share dataset/split/candidates hash/seed one protocol line is printed; otherwise one line
+    per file and a WARNING line, because their numbers are not comparable.
+    """
+    if not results:
+        return "(no results)"
+    metas = [r.get("meta") or {} for r in results]
+    lines: list[str] = []
+    shared = {tuple(m.get(k) for k in _SHARED_KEYS) for m in metas}
+    if len(shared) == 1:
+        lines.append(protocol_line({k: metas[0].get(k) for k in _SHARED_KEYS}))
+    else:
+        for result, meta in zip(results, metas, strict=True):
+            lines.append(f"{protocol_line(meta)} file={Path(str(result.get('file', '?'))).name}")
+        lines.append(
+            "WARNING: these files used different candidate files or protocols (dataset/split/candidates/seed "
+            "differ); their numbers are not comparable"
+        )
+
+    with_auc = any("auc" in r for r in results)
+    header = ["File", "Model", "Mode", *(c for c, _ in _METRIC_COLUMNS)]
+    header += ["AUC"] if with_auc else []
+    header += ["N", "Err", *(c for c, _ in _RATE_COLUMNS)]
+    body: list[list[str]] = []
+    for result, meta in zip(results, metas, strict=True):
+        cells = [Path(str(result.get("file", "?"))).name, _fmt(meta.get("model")), _fmt(meta.get("mode"))]
+        cells += [_fmt(result.get(key)) for _, key in _METRIC_COLUMNS]
+        cells += [_fmt(result.get("auc"))] if with_auc else []
+        cells += [_fmt(result.get("n_users")), _fmt(result.get("n_error_records"))]
+        cells += [_fmt(result.get(key)) for _, key in _RATE_COLUMNS]
+        body.append(cells)
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        # Text columns left-aligned, numbers right-aligned.
+        return "  ".join(
+            c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    lines.append(render(header))
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend(render(cells) for cells in body)
+    return "\n".join(lines)

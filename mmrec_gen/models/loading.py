@@ -1,0 +1,93 @@
+"""Loaders behind the registry names, and the dtype policy (bf16 where the hardware runs it fast)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from mmrec_gen.models.registry import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("auto", "bfloat16", "float32")
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX): there bf16 runs ~4x fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    if dtype == "float32":
+        return torch.float32
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def _finish(name: str, model, tokenizer, dtype, path: str | None) -> LoadedModel:
+    import torch
+
+    model = model.to(dtype)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Batched prompts are left-padded so that every prompt ends at the last position.
+    tokenizer.padding_side = "left"
+    if not tokenizer.chat_template:
+        raise ValueError(f"model {name!r}: its tokenizer has no chat template; mmrec-gen renders chat prompts")
+    num_parameters = sum(p.numel() for p in model.parameters())
+    logger.info("loaded %s (%.1fM parameters, %s)", name, num_parameters / 1e6, str(dtype).replace("torch.", ""))
+    return LoadedModel(name, model, tokenizer, str(dtype).replace("torch.", ""), num_parameters, path)
+
+
+def load_hf_causal_lm(name_or_path: str, *, dtype: str = "auto", display_name: str | None = None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
+    return _finish(display_name or name_or_path, model, tokenizer, torch_dtype, str(name_or_path))
+
+
+def load_smollm2(*, dtype: str = "auto") -> LoadedModel:
+    from mmrec_gen.models.smollm2 import SMOLLM2_NAME, ensure_smollm2
+
+    return load_hf_causal_lm(str(ensure_smollm2()), dtype=dtype, display_name=SMOLLM2_NAME)
+
+
+def load_tiny_llama(*, dtype: str = "auto") -> LoadedModel:
+    import torch
+
+    from mmrec_gen.models.tiny import build_tiny_llama, build_tiny_tokenizer
+
+    # Tiny models stay fp32 under "auto": they exist for exact numerical tests, not speed.
+    torch_dtype = torch.float32 if dtype == "auto" else resolve_dtype(dtype)
+    tokenizer = build_tiny_tokenizer()
+    return _finish("tiny-llama", build_tiny_llama(tokenizer), tokenizer, torch_dtype, None)
+
+
+def load_tiny_llama_smollm2_tokenizer(*, dtype: str = "auto") -> LoadedModel:
+    import torch
+    from transformers import AutoTokenizer
+
+    from mmrec_gen.models.smollm2 import ensure_smollm2
+    from mmrec_gen.models.tiny import build_tiny_llama
+
+    torch_dtype = torch.float32 if dtype == "auto" else resolve_dtype(dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(ensure_smollm2()))
+    return _finish("tiny-llama-smollm2-tokenizer", build_tiny_llama(tokenizer), tokenizer, torch_dtype, None)

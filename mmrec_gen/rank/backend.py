@@ -1,0 +1,61 @@
+"""The backend interface every ranking mode runs through, and the registry that picks one by name.
+
+A backend turns rendered prompts into (a) next-token logits over given token ids, (b) free text, or
+(c) a label order decoded under constraints. Callers never see torch or vLLM objects, so a vLLM backend and
+LLaVA-style models drop in without touching the ranker.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from mmrec_gen.prompting.render import RenderedPrompt
+
+
+@dataclass(frozen=True)
+class LabelVocab:
+    """Token ids of the candidate labels as the model must emit them.
+
+    `first_ids[i]`: label i as the first token of the answer ("C"); `cont_ids[i]`: label i after the
+    separator (" C" in "A, C"); `sep_ids`: the separator tokens (",").
+    """
+
+    first_ids: tuple[int, ...]
+    cont_ids: tuple[int, ...]
+    sep_ids: tuple[int, ...]
+
+
+class BackendError(RuntimeError):
+    """One prompt could not be processed (for example it still ran out of memory alone)."""
+
+
+class RankBackend(Protocol):
+    name: str
+    tokenizer: object
+
+    def label_logits(self, prompts: Sequence[RenderedPrompt], token_ids: Sequence[int]) -> list:
+        """Per prompt: next-token logits (list of float) at the end of the prompt for `token_ids`, or a BackendError."""
+
+    def generate(self, prompts: Sequence[RenderedPrompt], max_new_tokens: int) -> list:
+        """Per prompt: the greedy continuation as text (special tokens removed), or a BackendError."""
+
+    def constrained_rank(self, prompts: Sequence[RenderedPrompt], vocab: LabelVocab) -> list:
+        """Per prompt: a full permutation of label indices decoded greedily over unused labels only, or a BackendError."""
+
+
+_BACKENDS: dict[str, str] = {"hf": "mmrec_gen.rank.hf_backend:HFBackend"}
+
+
+def backend_names() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def create_backend(name: str, loaded_model, *, batch_size: int, progress: bool = True) -> RankBackend:
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; available: {', '.join(backend_names())}")
+    module_name, _, attr = _BACKENDS[name].partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    return cls(loaded_model, batch_size=batch_size, progress=progress)

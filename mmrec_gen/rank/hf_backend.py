@@ -1,0 +1,142 @@
+"""transformers backend: length-sorted left-padded batches on CPU (bf16 where fast) or one GPU.
+
+Out-of-memory in a batch halves it and retries (R8); a prompt that still fails alone becomes a BackendError for
+that prompt only, so the job goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from mmrec_gen.prompting.render import RenderedPrompt
+from mmrec_gen.rank.backend import BackendError, LabelVocab
+
+logger = logging.getLogger(__name__)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower()
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, loaded_model, *, batch_size: int = 8, progress: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = loaded_model.model
+        self.tokenizer = loaded_model.tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+        self.device = next(self.model.parameters()).device
+        self.pad_id = self.tokenizer.pad_token_id
+
+    # -- batching ---------------------------------------------------------------------------------------
+    def _pad(self, prompts: Sequence[RenderedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(p.input_ids) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p.input_ids) :] = torch.tensor(p.input_ids, dtype=torch.long)
+            mask[row, width - len(p.input_ids) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _map(self, prompts: Sequence[RenderedPrompt], fn: Callable[[list[RenderedPrompt]], list], desc: str) -> list:
+        """Run fn over length-sorted batches; results come back in the input order."""
+        order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i].input_ids), i))
+        results: list = [None] * len(prompts)
+        bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not self.progress, leave=False)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            for i, out in zip(chunk, self._run_halving([prompts[i] for i in chunk], fn), strict=True):
+                results[i] = out
+            bar.update(len(chunk))
+        bar.close()
+        return results
+
+    def _run_halving(self, batch: list[RenderedPrompt], fn) -> list:
+        try:
+            with torch.inference_mode():
+                return fn(batch)
+        except Exception as exc:  # noqa: BLE001 - only OOM is retried, anything else is re-raised below
+            if not _is_oom(exc):
+                raise
+            if len(batch) == 1:
+                logger.warning("user %s: out of memory even alone: %s", batch[0].user_id, exc)
+                return [BackendError(f"out of memory for a single prompt of {len(batch[0].input_ids)} tokens")]
+            half = len(batch) // 2
+            logger.warning("out of memory on a batch of %d; retrying as %d + %d", len(batch), half, len(batch) - half)
+            return self._run_halving(batch[:half], fn) + self._run_halving(batch[half:], fn)
+
+    # -- the three primitives ---------------------------------------------------------------------------
+    def label_logits(self, prompts: Sequence[RenderedPrompt], token_ids: Sequence[int]) -> list:
+        index = torch.tensor(list(token_ids), device=self.device)
+
+        def run(batch: list[RenderedPrompt]) -> list:
+            ids, mask = self._pad(batch)
+            # Explicit positions make a left-padded row compute exactly what it would alone (R10).
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            # logits_to_keep=1: only the last position goes through the LM head (not the whole vocabulary x length).
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+            return out.logits[:, -1, :].index_select(-1, index).float().cpu().tolist()
+
+        return self._map(prompts, run, "score")
+
+    def _generation_config(self, max_new_tokens: int) -> GenerationConfig:
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+
+    def generate(self, prompts: Sequence[RenderedPrompt], max_new_tokens: int) -> list:
+        def run(batch: list[RenderedPrompt]) -> list:
+            ids, mask = self._pad(batch)
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=self._generation_config(max_new_tokens)
+            )
+            return self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+
+        return self._map(prompts, run, "generate")
+
+    def constrained_rank(self, prompts: Sequence[RenderedPrompt], vocab: LabelVocab) -> list:
+        n = len(vocab.first_ids)
+        if len(vocab.sep_ids) != 1:
+            raise ValueError(f"constrained decoding needs a one-token separator, got token ids {vocab.sep_ids}")
+        first_index = {t: i for i, t in enumerate(vocab.first_ids)}
+        cont_index = {t: i for i, t in enumerate(vocab.cont_ids)}
+
+        def run(batch: list[RenderedPrompt]) -> list:
+            ids, mask = self._pad(batch)
+            prompt_len = ids.shape[1]
+
+            def allowed(_: int, seq: torch.Tensor) -> list[int]:
+                # Output shape: label (sep label)*: even steps emit an unused label, odd steps the separator.
+                generated = seq[prompt_len:].tolist()
+                step = len(generated)
+                if step % 2 == 1:
+                    return list(vocab.sep_ids)
+                if step == 0:
+                    return list(vocab.first_ids)
+                used = {first_index.get(generated[0])} | {cont_index.get(t) for t in generated[2::2]}
+                return [t for i, t in enumerate(vocab.cont_ids) if i not in used]
+
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=self._generation_config(2 * n - 1),
+                prefix_allowed_tokens_fn=allowed,
+            )
+            orders = []
+            for row in out[:, prompt_len:].tolist():
+                labels = [first_index[row[0]]] + [cont_index[t] for t in row[2::2]]
+                orders.append(labels)
+            return orders
+
+        return self._map(prompts, run, "constrained")

@@ -1,0 +1,195 @@
+"""From a RankConfig to a results file: load data, split, candidate file, prompts, backend, rows."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmrec_gen.data.candidates import get_or_create_candidates, load_candidate_file
+from mmrec_gen.data.loaders import load_dataset
+from mmrec_gen.data.schema import CandidateFile, Dataset
+from mmrec_gen.data.split import SplitResult, split_dataset
+from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder
+from mmrec_gen.rank.fewshot import select_demos
+from mmrec_gen.rank.rank_config import ExplainConfig, RankConfig, RunConfig
+from mmrec_gen.rank.ranker import Ranker, UserTask
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RankInputs:
+    dataset: Dataset
+    split_result: SplitResult
+    candidate_file: CandidateFile
+
+
+def prepare_inputs(
+    data: str,
+    *,
+    split: str,
+    seed: int,
+    num_candidates: int,
+    images: str | None = None,
+    candidates: str | None = None,
+    cache_dir: str | None = None,
+) -> RankInputs:
+    """Load the dataset, split it, and build (or reuse) the versioned candidate file every method shares."""
+    from mmrec_gen.models.paths import candidates_dir
+
+    ds = load_dataset(data, images_dir=images)
+    split_result = split_dataset(ds)
+    if candidates:
+        cand = load_candidate_file(candidates)
+        if cand.split != split or cand.dataset != ds.name:
+            raise ValueError(
+                f"{candidates}: built for dataset={cand.dataset} split={cand.split}, "
+                f"but this run is dataset={ds.name} split={split}; pass the matching file or drop --candidates"
+            )
+        unknown = [r.user_id for r in cand.rows if r.user_id not in split_result.users]
+        if unknown:
+            raise ValueError(f"{candidates}: user {unknown[0]} (and {len(unknown) - 1} more) not in {data}")
+    else:
+        cand = get_or_create_candidates(
+            ds, split_result, split, seed, num_candidates, Path(cache_dir) if cache_dir else candidates_dir()
+        )
+    logger.info("candidates: %s (%d users)", cand.path, len(cand.rows))
+    return RankInputs(ds, split_result, cand)
+
+
+def history_entries(ds: Dataset, interactions) -> list[HistoryEntry]:
+    return [HistoryEntry(ds.items[i.item_id], i.rating) for i in interactions]
+
+
+def build_tasks(
+    inputs: RankInputs, *, split: str, max_users: int | None, shots: int = 0, seed: int = 0
+) -> list[UserTask]:
+    ds, split_result, cand = inputs.dataset, inputs.split_result, inputs.candidate_file
+    rows = cand.rows[:max_users] if max_users else cand.rows
+    tasks = []
+    for row in rows:
+        history, _ = split_result.users[row.user_id].history_and_target(split)
+        demos = (
+            select_demos(ds, split_result, row.user_id, shots=shots, seed=seed, num_candidates=cand.num_candidates)
+            if shots
+            else ()
+        )
+        tasks.append(
+            UserTask(
+                row.user_id, history_entries(ds, history), [ds.items[c] for c in row.candidates], row.target, demos
+            )
+        )
+    return tasks
+
+
+def run_meta(inputs: RankInputs, *, model: str, mode: str, template: str, shots: int) -> dict:
+    cand = inputs.candidate_file
+    return {
+        "dataset": cand.dataset,
+        "split": cand.split,
+        "candidates_hash": cand.content_hash,
+        "seed": cand.seed,
+        "model": model,
+        "mode": mode,
+        "template": template,
+        "shots": shots,
+    }
+
+
+def _inputs_and_model(cfg: RunConfig, loaded_model):
+    from mmrec_gen.models.registry import load_model
+
+    inputs = prepare_inputs(
+        cfg.data,
+        split=cfg.split,
+        seed=cfg.seed,
+        num_candidates=cfg.num_candidates,
+        images=cfg.images,
+        candidates=cfg.candidates,
+        cache_dir=cfg.cache_dir,
+    )
+    if cfg.images:
+        logger.warning("--images: item images are mapped, but %s reads item text only", cfg.model)
+    return inputs, loaded_model or load_model(cfg.model, dtype=cfg.dtype)
+
+
+def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
+    """Rank every user of the candidate file (or the first --max-users) and write cfg.out; returns the rows."""
+    from mmrec_gen.eval.results_io import write_results
+    from mmrec_gen.rank.backend import create_backend
+
+    inputs, loaded = _inputs_and_model(cfg, loaded_model)
+    tasks = build_tasks(inputs, split=cfg.split, max_users=cfg.max_users, shots=cfg.shots, seed=cfg.seed)
+    max_new = {"score": 1, "constrained": 2 * inputs.candidate_file.num_candidates, "generate": cfg.max_new_tokens}
+    builder = PromptBuilder(
+        loaded.tokenizer,
+        cfg.template,
+        max_model_len=cfg.max_model_len,
+        max_new_tokens=max_new[cfg.mode],
+        max_history=cfg.max_history,
+    )
+    backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress)
+    meta = run_meta(inputs, model=loaded.name, mode=cfg.mode, template=cfg.template, shots=cfg.shots)
+    rows = Ranker(backend, builder, cfg.mode, meta=meta, max_new_tokens=cfg.max_new_tokens).rank(tasks)
+    write_results(cfg.out, rows)
+    n_err = sum(1 for r in rows if r["error"])
+    logger.info("wrote %d rows (%d error rows) to %s", len(rows), n_err, cfg.out)
+    return rows
+
+
+def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
+    """Explain each user's top-ranked item (from cfg.ranking, or from a score-mode ranking made here)."""
+    from mmrec_gen.eval.results_io import read_results, write_results
+    from mmrec_gen.rank.backend import create_backend
+    from mmrec_gen.rank.explain import explain, explanation_summary
+    from mmrec_gen.rank.titles import normalize_title
+
+    inputs, loaded = _inputs_and_model(cfg, loaded_model)
+    tasks = build_tasks(inputs, split=cfg.split, max_users=cfg.max_users)
+    backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress)
+    if cfg.ranking:
+        ranked = {r["user_id"]: r for r in read_results(cfg.ranking)}
+        missing = [t.user_id for t in tasks if t.user_id not in ranked]
+        if missing:
+            raise ValueError(f"{cfg.ranking}: no ranking for user {missing[0]} ({len(missing)} users missing)")
+    else:
+        builder = PromptBuilder(
+            loaded.tokenizer,
+            "rank_listwise",
+            max_model_len=cfg.max_model_len,
+            max_new_tokens=1,
+            max_history=cfg.max_history,
+        )
+        meta = run_meta(inputs, model=loaded.name, mode="score", template="rank_listwise", shots=0)
+        ranked = {r["user_id"]: r for r in Ranker(backend, builder, "score", meta=meta).rank(tasks)}
+    ds = inputs.dataset
+    kept = [t for t in tasks if ranked[t.user_id].get("ranking")]
+    top_items = [ds.items[ranked[t.user_id]["ranking"][0]] for t in kept]
+    builder = PromptBuilder(
+        loaded.tokenizer,
+        cfg.template,
+        max_model_len=cfg.max_model_len,
+        max_new_tokens=cfg.max_new_tokens,
+        max_history=cfg.max_history,
+    )
+    catalogue = {normalize_title(item.title): item.title for item in ds.items.values()}
+    meta = run_meta(inputs, model=loaded.name, mode="explain", template=cfg.template, shots=0)
+    rows = explain(
+        backend, builder, kept, top_items, catalogue=catalogue, max_new_tokens=cfg.max_new_tokens, meta=meta
+    )
+    for task in tasks:  # users whose ranking was an error row still get a row naming them
+        if not ranked[task.user_id].get("ranking"):
+            rows.append(
+                {
+                    "user_id": task.user_id,
+                    "item_id": None,
+                    "explanation": None,
+                    "target": task.target,
+                    "error": f"no ranking: {ranked[task.user_id].get('error')}",
+                    "meta": meta,
+                }
+            )
+    write_results(cfg.out, rows)
+    logger.info("explanations: %s", explanation_summary(rows))
+    return rows

@@ -1,0 +1,205 @@
+"""The three ranking modes over one backend: score, constrained, generate.
+
+Every user ends as a result row or an error row that names it. The gold target is only copied into the row:
+prompts, decoding and parsing never see it (R2).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mmrec_gen.data.schema import Item
+from mmrec_gen.prompting.labels import label_token_ids
+from mmrec_gen.prompting.render import Demo, HistoryEntry, PromptBuilder, RenderedPrompt
+from mmrec_gen.rank.backend import BackendError, LabelVocab, RankBackend
+from mmrec_gen.rank.parsing import CandidateView, parse_ranking
+
+logger = logging.getLogger(__name__)
+
+ERROR_KEYS = ("invalid", "duplicate", "missing", "out_of_candidate", "from_history")
+YES_NO = ("Yes", "No")
+
+
+@dataclass
+class UserTask:
+    user_id: str
+    history: Sequence[HistoryEntry]
+    candidates: Sequence[Item]
+    target: str
+    demos: Sequence[Demo] = field(default_factory=tuple)
+
+
+def label_vocab(tokenizer, labels: Sequence[str], separator: str = ", ") -> LabelVocab:
+    """Token ids of each label as the first answer token and after the separator (", C")."""
+    first = label_token_ids(tokenizer, labels)
+    seps, cont = set(), []
+    for label in labels:
+        ids = tokenizer.encode(separator + label, add_special_tokens=False)
+        if len(ids) < 2 or tokenizer.decode(ids[-1:]).strip() != label:
+            raise ValueError(
+                f"label {label!r} after {separator!r} is not one token for this tokenizer ({ids}); "
+                "constrained decoding needs it: use --mode score or generate"
+            )
+        seps.add(tuple(ids[:-1]))
+        cont.append(ids[-1])
+    if len(seps) != 1:
+        raise ValueError(f"the separator {separator!r} tokenizes differently before different labels: {seps}")
+    return LabelVocab(tuple(first), tuple(cont), seps.pop())
+
+
+def empty_errors() -> dict[str, int]:
+    return dict.fromkeys(ERROR_KEYS, 0)
+
+
+class Ranker:
+    def __init__(
+        self, backend: RankBackend, builder: PromptBuilder, mode: str, *, meta: dict, max_new_tokens: int = 68
+    ):
+        self.backend = backend
+        self.builder = builder
+        self.mode = mode
+        self.meta = meta
+        self.max_new_tokens = max_new_tokens
+        self.pointwise = builder.spec.task == "pointwise"
+
+    # -- rows -------------------------------------------------------------------------------------------
+    def _row(self, task: UserTask, **values) -> dict:
+        row = {
+            "user_id": task.user_id,
+            "candidates": [c.item_id for c in task.candidates],
+            "ranking": None,
+            "target": task.target,
+            "valid": False,
+            "raw_output": None,
+            "errors": empty_errors(),
+            "scores": None,
+            "truncated": False,
+            "n_history": 0,
+            "error": None,
+            "meta": self.meta,
+        }
+        row.update(values)
+        return row
+
+    def _error_row(self, task: UserTask, message: str, prompt: RenderedPrompt | None = None) -> dict:
+        logger.warning("user %s: %s", task.user_id, message)
+        extra = {"truncated": prompt.truncated, "n_history": prompt.n_history_used} if prompt else {}
+        return self._row(task, error=message, **extra)
+
+    @staticmethod
+    def _ranked_by_scores(candidate_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
+        # Stable sort: equal scores keep the candidate display order (the documented tie rule).
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        return [candidate_ids[i] for i in order]
+
+    # -- prompts ----------------------------------------------------------------------------------------
+    def _build(self, task: UserTask) -> RenderedPrompt | list[RenderedPrompt]:
+        if self.pointwise:
+            return [self.builder.pointwise(task.user_id, task.history, item) for item in task.candidates]
+        return self.builder.rank(task.user_id, task.history, task.candidates, task.demos)
+
+    def rank(self, tasks: Sequence[UserTask]) -> list[dict]:
+        rows: list[dict | None] = [None] * len(tasks)
+        built: list[tuple[int, RenderedPrompt | list[RenderedPrompt]]] = []
+        for i, task in enumerate(tasks):
+            try:
+                built.append((i, self._build(task)))
+            except (ValueError, KeyError) as exc:  # over-long prompt, missing template field: this user only
+                rows[i] = self._error_row(task, f"{type(exc).__name__}: {exc}")
+        if self.pointwise:
+            self._run_pointwise(tasks, built, rows)
+        elif self.mode == "score":
+            self._run_score(tasks, built, rows)
+        elif self.mode == "constrained":
+            self._run_constrained(tasks, built, rows)
+        else:
+            self._run_generate(tasks, built, rows)
+        assert all(r is not None for r in rows), "every user must end as a result or an error row"
+        return rows  # type: ignore[return-value]
+
+    # -- modes ------------------------------------------------------------------------------------------
+    def _run_score(self, tasks, built, rows) -> None:
+        if not built:
+            return
+        ids = label_token_ids(self.backend.tokenizer, built[0][1].labels)
+        outputs = self.backend.label_logits([p for _, p in built], ids)
+        for (i, prompt), out in zip(built, outputs, strict=True):
+            if isinstance(out, BackendError):
+                rows[i] = self._error_row(tasks[i], str(out), prompt)
+                continue
+            scores = out[: len(prompt.candidate_ids)]
+            rows[i] = self._row(
+                tasks[i],
+                ranking=self._ranked_by_scores(prompt.candidate_ids, scores),
+                valid=True,
+                scores=scores,
+                truncated=prompt.truncated,
+                n_history=prompt.n_history_used,
+            )
+
+    def _run_pointwise(self, tasks, built, rows) -> None:
+        flat = [p for _, prompts in built for p in prompts]
+        if not flat:
+            return
+        yes, no = label_token_ids(self.backend.tokenizer, YES_NO)
+        outputs = iter(self.backend.label_logits(flat, [yes, no]))
+        for i, prompts in built:
+            outs = [next(outputs) for _ in prompts]
+            failed = [o for o in outs if isinstance(o, BackendError)]
+            if failed:
+                rows[i] = self._error_row(tasks[i], str(failed[0]), prompts[0])
+                continue
+            scores = [o[0] - o[1] for o in outs]  # log-odds of Yes over No for each candidate
+            candidate_ids = [c.item_id for c in tasks[i].candidates]
+            rows[i] = self._row(
+                tasks[i],
+                ranking=self._ranked_by_scores(candidate_ids, scores),
+                valid=True,
+                scores=scores,
+                truncated=any(p.truncated for p in prompts),
+                n_history=min(p.n_history_used for p in prompts),
+            )
+
+    def _run_constrained(self, tasks, built, rows) -> None:
+        if not built:
+            return
+        labels = built[0][1].labels
+        vocab = label_vocab(self.backend.tokenizer, labels)
+        outputs = self.backend.constrained_rank([p for _, p in built], vocab)
+        for (i, prompt), out in zip(built, outputs, strict=True):
+            if isinstance(out, BackendError):
+                rows[i] = self._error_row(tasks[i], str(out), prompt)
+                continue
+            rows[i] = self._row(
+                tasks[i],
+                ranking=[prompt.candidate_ids[k] for k in out],
+                valid=True,
+                raw_output=", ".join(labels[k] for k in out),
+                truncated=prompt.truncated,
+                n_history=prompt.n_history_used,
+            )
+
+    def _run_generate(self, tasks, built, rows) -> None:
+        if not built:
+            return
+        outputs = self.backend.generate([p for _, p in built], self.max_new_tokens)
+        for (i, prompt), out in zip(built, outputs, strict=True):
+            if isinstance(out, BackendError):
+                rows[i] = self._error_row(tasks[i], str(out), prompt)
+                continue
+            task = tasks[i]
+            views = [
+                CandidateView(c.item_id, lab, c.title) for c, lab in zip(task.candidates, prompt.labels, strict=True)
+            ]
+            parsed = parse_ranking(out, views, history_titles=[h.item.title for h in task.history])
+            rows[i] = self._row(
+                task,
+                ranking=parsed.ranking,
+                valid=parsed.valid,
+                raw_output=out,
+                errors={k: int(parsed.errors.get(k, 0)) for k in ERROR_KEYS},
+                truncated=prompt.truncated,
+                n_history=prompt.n_history_used,
+            )
