@@ -34,6 +34,19 @@ def _setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def rank_and_report(cfg) -> int:
+    """Run `mmrec rank` for a filled RankConfig and print a one-line summary (also used by scripts/)."""
+    from mmrec_gen.eval.metrics import ranking_metrics
+    from mmrec_gen.rank.pipeline import run_rank
+
+    m = ranking_metrics(run_rank(cfg))
+    print(
+        f"{cfg.out}: {m['n_users']} users, HR@1 {m['hr@1']:.4f}, NDCG@10 {m['ndcg@10']:.4f}, "
+        f"valid {m['valid_ratio']:.4f}, error rows {m['n_error_records']}"
+    )
+    return 0
+
+
 def cmd_rank(argv: Sequence[str]) -> int:
     from mmrec_gen.cli_args import parse_config
     from mmrec_gen.rank.rank_config import RankConfig
@@ -41,14 +54,17 @@ def cmd_rank(argv: Sequence[str]) -> int:
     cfg = parse_config(
         RankConfig, argv, "mmrec rank", "Rank each user's candidates with an LLM; one JSON line per user."
     )
-    from mmrec_gen.eval.metrics import ranking_metrics
-    from mmrec_gen.rank.pipeline import run_rank
+    return rank_and_report(cfg)
 
-    rows = run_rank(cfg)
-    m = ranking_metrics(rows)
+
+def explain_and_report(cfg) -> int:
+    """Run `mmrec explain` for a filled ExplainConfig and print the check summary (also used by scripts/)."""
+    from mmrec_gen.rank.explain import explanation_summary
+    from mmrec_gen.rank.pipeline import run_explain
+
+    summary = explanation_summary(run_explain(cfg))
     print(
-        f"{cfg.out}: {m['n_users']} users, HR@1 {m['hr@1']:.4f}, NDCG@10 {m['ndcg@10']:.4f}, "
-        f"valid {m['valid_ratio']:.4f}, error rows {m['n_error_records']}"
+        f"{cfg.out}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
     )
     return 0
 
@@ -60,17 +76,7 @@ def cmd_explain(argv: Sequence[str]) -> int:
     cfg = parse_config(
         ExplainConfig, argv, "mmrec explain", "Explain each user's top-ranked item; one JSON line per user."
     )
-    from mmrec_gen.rank.explain import explanation_summary
-    from mmrec_gen.rank.pipeline import run_explain
-
-    rows = run_explain(cfg)
-    print(
-        f"{cfg.out}: "
-        + ", ".join(
-            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in explanation_summary(rows).items()
-        )
-    )
-    return 0
+    return explain_and_report(cfg)
 
 
 def cmd_evaluate(argv: Sequence[str]) -> int:

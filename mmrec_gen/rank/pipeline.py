@@ -128,10 +128,15 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
         max_model_len=cfg.max_model_len,
         max_new_tokens=max_new[cfg.mode],
         max_history=cfg.max_history,
+        max_text_chars=cfg.max_text_chars,
     )
     backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress)
     meta = run_meta(inputs, model=loaded.name, mode=cfg.mode, template=cfg.template, shots=cfg.shots)
-    rows = Ranker(backend, builder, cfg.mode, meta=meta, max_new_tokens=cfg.max_new_tokens).rank(tasks)
+    catalogue = sorted({item.title for item in inputs.dataset.items.values()}) if cfg.mode == "generate" else ()
+    ranker = Ranker(
+        backend, builder, cfg.mode, meta=meta, max_new_tokens=cfg.max_new_tokens, catalogue_titles=catalogue
+    )
+    rows = ranker.rank(tasks)
     write_results(cfg.out, rows)
     n_err = sum(1 for r in rows if r["error"])
     logger.info("wrote %d rows (%d error rows) to %s", len(rows), n_err, cfg.out)
@@ -160,6 +165,7 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
             max_model_len=cfg.max_model_len,
             max_new_tokens=1,
             max_history=cfg.max_history,
+            max_text_chars=cfg.max_text_chars,
         )
         meta = run_meta(inputs, model=loaded.name, mode="score", template="rank_listwise", shots=0)
         ranked = {r["user_id"]: r for r in Ranker(backend, builder, "score", meta=meta).rank(tasks)}
@@ -172,6 +178,7 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
         max_model_len=cfg.max_model_len,
         max_new_tokens=cfg.max_new_tokens,
         max_history=cfg.max_history,
+        max_text_chars=cfg.max_text_chars,
     )
     catalogue = {normalize_title(item.title): item.title for item in ds.items.values()}
     meta = run_meta(inputs, model=loaded.name, mode="explain", template=cfg.template, shots=0)

@@ -29,6 +29,9 @@ class RunConfig:
     max_history: int = field(
         default=20, metadata={"help": "Most recent history items to show (oldest dropped first)."}
     )
+    max_text_chars: int = field(
+        default=300, metadata={"help": "Each item text field is cut to this many characters (with an ellipsis)."}
+    )
     candidates: str | None = field(
         default=None,
         metadata={"help": "An existing candidate file to rank (default: built or reused from the cache)."},

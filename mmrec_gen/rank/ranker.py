@@ -55,7 +55,14 @@ def empty_errors() -> dict[str, int]:
 
 class Ranker:
     def __init__(
-        self, backend: RankBackend, builder: PromptBuilder, mode: str, *, meta: dict, max_new_tokens: int = 68
+        self,
+        backend: RankBackend,
+        builder: PromptBuilder,
+        mode: str,
+        *,
+        meta: dict,
+        max_new_tokens: int = 68,
+        catalogue_titles: Sequence[str] = (),
     ):
         self.backend = backend
         self.builder = builder
@@ -63,6 +70,8 @@ class Ranker:
         self.meta = meta
         self.max_new_tokens = max_new_tokens
         self.pointwise = builder.spec.task == "pointwise"
+        # Titles of the whole catalogue let the parser count out-of-candidate titles in generate mode.
+        self.catalogue_titles = tuple(catalogue_titles)
 
     # -- rows -------------------------------------------------------------------------------------------
     def _row(self, task: UserTask, **values) -> dict:
@@ -193,7 +202,9 @@ class Ranker:
             views = [
                 CandidateView(c.item_id, lab, c.title) for c, lab in zip(task.candidates, prompt.labels, strict=True)
             ]
-            parsed = parse_ranking(out, views, history_titles=[h.item.title for h in task.history])
+            parsed = parse_ranking(
+                out, views, history_titles=[h.item.title for h in task.history], catalogue_titles=self.catalogue_titles
+            )
             rows[i] = self._row(
                 task,
                 ranking=parsed.ranking,
