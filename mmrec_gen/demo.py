@@ -14,7 +14,7 @@ class DemoConfig:
     out_dir: str = field(default="runs/demo", metadata={"help": "Where data, rankings and explanations go."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Model name, HF id or folder."})
     data: str | None = field(default=None, metadata={"help": "Dataset folder; default: synthetic data in out_dir."})
-    users: int = field(default=48, metadata={"help": "Users to rank in each mode."})
+    users: int = field(default=24, metadata={"help": "Users to rank in each mode (about 3 minutes on 2 CPU cores)."})
     explain_users: int = field(default=4, metadata={"help": "Users whose top pick is explained and shown."})
     modes: list[str] = field(
         default_factory=lambda: ["score", "constrained", "generate"], metadata={"help": "Ranking modes to run."}
@@ -61,22 +61,24 @@ def run_demo(cfg: DemoConfig) -> None:
             out=str(out / "explanations.jsonl"), ranking=files[0], **{**common, "max_users": cfg.explain_users}
         )
         rows = run_explain(explain_cfg, loaded)
-        _print_explanations(rows, files[0])
+        _print_explanations(rows, files[0], data)
     print("\n== metrics ==")
     print(format_table([evaluate_file(f) for f in files]))
 
 
-def _print_explanations(rows: list[dict], ranking_file: str) -> None:
+def _print_explanations(rows: list[dict], ranking_file: str, data: str) -> None:
+    from mmrec_gen.data.loaders import load_dataset
     from mmrec_gen.eval.results_io import read_results
 
+    items = load_dataset(data).items
     ranked = {r["user_id"]: r for r in read_results(ranking_file)}
     for row in rows:
         rank_row = ranked[row["user_id"]]
-        top = ", ".join(rank_row["ranking"][:3]) if rank_row.get("ranking") else "-"
-        print(f"\nuser {row['user_id']}: top-3 item ids {top} (held-out item: {row['target']})")
+        print(f"\nuser {row['user_id']} (held-out next item: {items[row['target']].title})")
+        for position, item_id in enumerate((rank_row.get("ranking") or [])[:3], start=1):
+            print(f"  #{position} {items[item_id].title}  ({items[item_id].fields.get('genres', '')})")
         if row.get("error"):
             print(f"  error: {row['error']}")
             continue
-        print(f"  #1 {row['title']}")
-        print(f"  why: {row['explanation']}")
+        print(f"  why #1: {row['explanation']}")
         print(f"  cites history: {row['cites_history']}; hallucinated titles: {row['hallucinated_titles'] or 'none'}")

@@ -102,3 +102,13 @@ def test_module_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "mmrec_gen", "--help"], capture_output=True, text=True, check=True)
     for command in ("rank", "evaluate", "explain", "prompts", "demo"):
         assert command in done.stdout
+
+
+def test_demo_runs_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    rc = main(["demo", "--model", "tiny-llama", "--users", "3", "--explain-users", "2", "--out-dir", str(tmp_path),
+               "--modes", "score", "constrained"])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "== metrics ==" in out and "protocol: dataset=data" in out
+    assert out.count("why #1:") == 2
+    assert (tmp_path / "rank_score.jsonl").is_file() and (tmp_path / "rank_constrained.jsonl").is_file()
