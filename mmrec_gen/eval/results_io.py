@@ -32,7 +32,7 @@ def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             except json.JSONDecodeError as exc:
                 raise ValueError(
                     f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno}); the file is corrupt or was "
-                    f"cut off mid-write: re-run the job that wrote it (it resumes) or delete that line"
+                    f"cut off mid-write: re-run the command that wrote it, or delete that line"
                 ) from None
             if not isinstance(row, dict):
                 raise ValueError(
