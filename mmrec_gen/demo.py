@@ -14,7 +14,7 @@ class DemoConfig:
     out_dir: str = field(default="runs/demo", metadata={"help": "Where data, rankings and explanations go."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Model name, HF id or folder."})
     data: str | None = field(default=None, metadata={"help": "Dataset folder; default: synthetic data in out_dir."})
-    users: int = field(default=24, metadata={"help": "Users to rank in each mode (about 3 minutes on 2 CPU cores)."})
+    users: int = field(default=16, metadata={"help": "Users to rank in each mode (about 3 minutes on 2 CPU cores)."})
     explain_users: int = field(default=4, metadata={"help": "Users whose top pick is explained and shown."})
     modes: list[str] = field(
         default_factory=lambda: ["score", "constrained", "generate"], metadata={"help": "Ranking modes to run."}
@@ -37,7 +37,7 @@ def run_demo(cfg: DemoConfig) -> None:
     out = Path(cfg.out_dir)
     data = cfg.data
     if data is None:
-        data = str(out / "data")
+        data = str(out / "synthetic")
         if not (Path(data) / "interactions.jsonl").is_file():
             generate_synthetic(data, seed=cfg.seed)
     loaded = load_model(cfg.model)

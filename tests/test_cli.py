@@ -109,6 +109,6 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tmp_path, capsys):
                "--modes", "score", "constrained"])  # fmt: skip
     assert rc == 0
     out = capsys.readouterr().out
-    assert "== metrics ==" in out and "protocol: dataset=data" in out
+    assert "== metrics ==" in out and "protocol: dataset=synthetic" in out
     assert out.count("why #1:") == 2
     assert (tmp_path / "rank_score.jsonl").is_file() and (tmp_path / "rank_constrained.jsonl").is_file()

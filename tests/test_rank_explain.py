@@ -50,3 +50,11 @@ def test_summary_rates():
     ]
     s = explanation_summary(rows)
     assert s == {"n_users": 3, "n_errors": 1, "cites_history_rate": 0.5, "hallucination_rate": 0.5, "mean_words": 2.0}
+
+
+def test_a_sequel_title_does_not_also_count_as_its_prequel():
+    catalogue = {normalize_title(t): t for t in ["Funny Island", "Funny Island II"]}
+    checks = check_explanation("You will love Funny Island II.", [], ["Funny Island II"], catalogue)
+    assert checks["mentioned_titles"] == ["Funny Island II"] and checks["hallucinated_titles"] == []
+    both = check_explanation("After Funny Island, Funny Island II.", ["Funny Island"], ["Funny Island II"], catalogue)
+    assert sorted(both["mentioned_titles"]) == ["Funny Island", "Funny Island II"] and both["cites_history"] is True

@@ -23,7 +23,13 @@ def normalize_title(title: str) -> str:
 def mentioned_titles(text: str, titles: dict[str, str], min_chars: int = 5) -> list[str]:
     """Keys of `titles` (normalised title -> display title) whose normalised title occurs in text as whole words.
 
-    Titles shorter than `min_chars` ("It", "Heat") are skipped: they occur in ordinary prose too often.
+    Titles shorter than `min_chars` ("It", "Heat") are skipped: they occur in ordinary prose too often. Longer titles
+    are matched first and their text is masked, so "Funny Island II" does not also count as "Funny Island".
     """
     haystack = f" {normalize_title(text)} "
-    return [norm for norm in titles if len(norm) >= min_chars and f" {norm} " in haystack]
+    found = []
+    for norm in sorted(titles, key=len, reverse=True):
+        if len(norm) >= min_chars and f" {norm} " in haystack:
+            found.append(norm)
+            haystack = haystack.replace(f" {norm} ", " \x00 ")
+    return found
