@@ -112,3 +112,11 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert "== metrics ==" in out and "protocol: dataset=synthetic" in out
     assert out.count("why #1:") == 2
     assert (tmp_path / "rank_score.jsonl").is_file() and (tmp_path / "rank_constrained.jsonl").is_file()
+
+
+def test_explain_refuses_a_ranking_of_another_candidate_file(synth_dir, ranked, tmp_path, capsys):
+    rc = main(["explain", "--data", str(synth_dir), "--model", "tiny-llama", "--ranking", str(ranked["score"]),
+               "--split", "valid", "--seed", "2", "--num-candidates", "10", "--max-users", "3",
+               "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "e.jsonl"), "--no-progress"])  # fmt: skip
+    assert rc == 1
+    assert "ranks candidate file(s)" in capsys.readouterr().err and not (tmp_path / "e.jsonl").exists()

@@ -114,6 +114,17 @@ def _inputs_and_model(cfg: RunConfig, loaded_model):
     return inputs, loaded_model or load_model(cfg.model, dtype=cfg.dtype)
 
 
+def _prompt_builder(cfg: RunConfig, tokenizer, template: str, max_new_tokens: int) -> PromptBuilder:
+    return PromptBuilder(
+        tokenizer,
+        template,
+        max_model_len=cfg.max_model_len,
+        max_new_tokens=max_new_tokens,
+        max_history=cfg.max_history,
+        max_text_chars=cfg.max_text_chars,
+    )
+
+
 def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
     """Rank every user of the candidate file (or the first --max-users) and write cfg.out; returns the rows."""
     from mmrec_gen.eval.results_io import write_results
@@ -122,14 +133,7 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
     inputs, loaded = _inputs_and_model(cfg, loaded_model)
     tasks = build_tasks(inputs, split=cfg.split, max_users=cfg.max_users, shots=cfg.shots, seed=cfg.seed)
     max_new = {"score": 1, "constrained": 2 * inputs.candidate_file.num_candidates, "generate": cfg.max_new_tokens}
-    builder = PromptBuilder(
-        loaded.tokenizer,
-        cfg.template,
-        max_model_len=cfg.max_model_len,
-        max_new_tokens=max_new[cfg.mode],
-        max_history=cfg.max_history,
-        max_text_chars=cfg.max_text_chars,
-    )
+    builder = _prompt_builder(cfg, loaded.tokenizer, cfg.template, max_new[cfg.mode])
     backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress)
     meta = run_meta(inputs, model=loaded.name, mode=cfg.mode, template=cfg.template, shots=cfg.shots)
     catalogue = sorted({item.title for item in inputs.dataset.items.values()}) if cfg.mode == "generate" else ()
@@ -158,45 +162,39 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
         missing = [t.user_id for t in tasks if t.user_id not in ranked]
         if missing:
             raise ValueError(f"{cfg.ranking}: no ranking for user {missing[0]} ({len(missing)} users missing)")
+        hashes = {r.get("meta", {}).get("candidates_hash") for r in ranked.values()}
+        if hashes != {inputs.candidate_file.content_hash}:
+            raise ValueError(
+                f"{cfg.ranking} ranks candidate file(s) {sorted(map(str, hashes))}, but this run uses "
+                f"{inputs.candidate_file.path}: pass the same --split/--seed/--num-candidates (or --candidates)"
+            )
     else:
-        builder = PromptBuilder(
-            loaded.tokenizer,
-            "rank_listwise",
-            max_model_len=cfg.max_model_len,
-            max_new_tokens=1,
-            max_history=cfg.max_history,
-            max_text_chars=cfg.max_text_chars,
-        )
+        builder = _prompt_builder(cfg, loaded.tokenizer, "rank_listwise", 1)
         meta = run_meta(inputs, model=loaded.name, mode="score", template="rank_listwise", shots=0)
         ranked = {r["user_id"]: r for r in Ranker(backend, builder, "score", meta=meta).rank(tasks)}
     ds = inputs.dataset
     kept = [t for t in tasks if ranked[t.user_id].get("ranking")]
     top_items = [ds.items[ranked[t.user_id]["ranking"][0]] for t in kept]
-    builder = PromptBuilder(
-        loaded.tokenizer,
-        cfg.template,
-        max_model_len=cfg.max_model_len,
-        max_new_tokens=cfg.max_new_tokens,
-        max_history=cfg.max_history,
-        max_text_chars=cfg.max_text_chars,
-    )
+    builder = _prompt_builder(cfg, loaded.tokenizer, cfg.template, cfg.max_new_tokens)
     catalogue = {normalize_title(item.title): item.title for item in ds.items.values()}
     meta = run_meta(inputs, model=loaded.name, mode="explain", template=cfg.template, shots=0)
-    rows = explain(
+    explained = explain(
         backend, builder, kept, top_items, catalogue=catalogue, max_new_tokens=cfg.max_new_tokens, meta=meta
     )
-    for task in tasks:  # users whose ranking was an error row still get a row naming them
-        if not ranked[task.user_id].get("ranking"):
-            rows.append(
-                {
-                    "user_id": task.user_id,
-                    "item_id": None,
-                    "explanation": None,
-                    "target": task.target,
-                    "error": f"no ranking: {ranked[task.user_id].get('error')}",
-                    "meta": meta,
-                }
-            )
+    by_user = {row["user_id"]: row for row in explained}
+    # Users whose ranking was an error row still get a row naming them, in candidate-file order.
+    rows = [
+        by_user.get(task.user_id)
+        or {
+            "user_id": task.user_id,
+            "item_id": None,
+            "explanation": None,
+            "target": task.target,
+            "error": f"no ranking: {ranked[task.user_id].get('error')}",
+            "meta": meta,
+        }
+        for task in tasks
+    ]
     write_results(cfg.out, rows)
     logger.info("explanations: %s", explanation_summary(rows))
     return rows
