@@ -191,3 +191,31 @@ def test_mse_with_item_images_uses_two_item_blocks(tmp_path, tiny_bert):
     meta = run.rows[0]["meta"]
     assert meta["model"] == f"mse-{tiny_bert}+image" and len(meta["fusion_weights"]["item"]) == 2
     assert len(run.rows) == 20 and len(list((tmp_path / "emb").glob("efficientnet-lite0-images-*.npy"))) == 1
+
+
+def test_baseline_and_llm_files_evaluate_in_one_table(rated_data, tiny_bert, capsys):
+    """pop, an MSE head and an LLM (`mmrec rank --model tiny-llama`) on one candidate file: one table, one protocol."""
+    root, data = rated_data
+    common = ["--data", data, "--max-users", "8", "--split", "valid", "--seed", "2", "--cache-dir", str(root / "c2")]
+    files = {name: str(root / f"eval-{name}.jsonl") for name in ("pop", "mse", "llm")}
+    assert main(["baseline", "pop", *common, "--out", files["pop"]]) == 0
+    mse = ["--encoder", tiny_bert, "--epochs", "2", "--embeddings-dir", str(root / "emb")]
+    assert main(["baseline", "mse", *common, *mse, "--out", files["mse"]]) == 0
+    assert main(["rank", "--model", "tiny-llama", *common, "--no-progress", "--out", files["llm"]]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", files["pop"], files["mse"], files["llm"]]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("protocol: dataset=data split=valid candidates=") and "seed=2" in table[0]
+    assert not any(line.startswith("WARNING") for line in table)
+    header, rows = table[1].split(), {line.split()[0]: line.split() for line in table[3:]}
+    assert header[:3] == ["File", "Model", "Mode"] and "RMSE" in header and "MAE" in header
+    assert rows["eval-pop.jsonl"][1:3] == ["pop", "baseline"] and rows["eval-llm.jsonl"][1:3] == [
+        "tiny-llama",
+        "score",
+    ]
+    rmse_col = header.index("RMSE")
+    assert rows["eval-pop.jsonl"][rmse_col] == "-" and rows["eval-mse.jsonl"][rmse_col] != "-"
+    assert main(["evaluate", "--json", files["mse"], files["llm"]]) == 0
+    mse_obj, llm_obj = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert {"rmse", "mae", "rmse_global_mean"} <= mse_obj.keys() and "rmse" not in llm_obj
+    assert mse_obj["candidates_hash"] == llm_obj["candidates_hash"] and mse_obj["n_ratings"] == 8
