@@ -37,12 +37,13 @@ def resolve_dtype(dtype: str):
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
-def _finish(name: str, model, tokenizer, dtype, path: str | None) -> LoadedModel:
+def _finish(name: str, model, tokenizer, dtype, path: str | None, cast: bool = True) -> LoadedModel:
     import torch
 
-    model = model.to(dtype)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    if cast:  # a quantized (QLoRA) model is already placed and typed by bitsandbytes
+        model = model.to(dtype)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -55,39 +56,49 @@ def _finish(name: str, model, tokenizer, dtype, path: str | None) -> LoadedModel
     return LoadedModel(name, model, tokenizer, str(dtype).replace("torch.", ""), num_parameters, path)
 
 
-def load_hf_causal_lm(name_or_path: str, *, dtype: str = "auto", display_name: str | None = None) -> LoadedModel:
+def load_hf_causal_lm(
+    name_or_path: str, *, dtype: str = "auto", display_name: str | None = None, **from_pretrained_kwargs
+) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
-    return _finish(display_name or name_or_path, model, tokenizer, torch_dtype, str(name_or_path))
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, **from_pretrained_kwargs)
+    quantized = "quantization_config" in from_pretrained_kwargs
+    return _finish(display_name or name_or_path, model, tokenizer, torch_dtype, str(name_or_path), cast=not quantized)
 
 
-def load_smollm2(*, dtype: str = "auto") -> LoadedModel:
+def load_smollm2(*, dtype: str = "auto", **from_pretrained_kwargs) -> LoadedModel:
     from mmrec_gen.models.smollm2 import SMOLLM2_NAME, ensure_smollm2
 
-    return load_hf_causal_lm(str(ensure_smollm2()), dtype=dtype, display_name=SMOLLM2_NAME)
+    return load_hf_causal_lm(str(ensure_smollm2()), dtype=dtype, display_name=SMOLLM2_NAME, **from_pretrained_kwargs)
 
 
-def load_tiny_llama(*, dtype: str = "auto") -> LoadedModel:
+def _no_kwargs(name: str, kwargs: dict) -> None:
+    if kwargs:
+        raise ValueError(f"model {name!r} is built in-process and takes no loading options ({', '.join(kwargs)})")
+
+
+def load_tiny_llama(*, dtype: str = "auto", **kwargs) -> LoadedModel:
     import torch
 
     from mmrec_gen.models.tiny import build_tiny_llama, build_tiny_tokenizer
 
+    _no_kwargs("tiny-llama", kwargs)
     # Tiny models stay fp32 under "auto": they exist for exact numerical tests, not speed.
     torch_dtype = torch.float32 if dtype == "auto" else resolve_dtype(dtype)
     tokenizer = build_tiny_tokenizer()
     return _finish("tiny-llama", build_tiny_llama(tokenizer), tokenizer, torch_dtype, None)
 
 
-def load_tiny_llama_smollm2_tokenizer(*, dtype: str = "auto") -> LoadedModel:
+def load_tiny_llama_smollm2_tokenizer(*, dtype: str = "auto", **kwargs) -> LoadedModel:
     import torch
     from transformers import AutoTokenizer
 
     from mmrec_gen.models.smollm2 import ensure_smollm2
     from mmrec_gen.models.tiny import build_tiny_llama
 
+    _no_kwargs("tiny-llama-smollm2-tokenizer", kwargs)
     torch_dtype = torch.float32 if dtype == "auto" else resolve_dtype(dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(ensure_smollm2()))
     return _finish("tiny-llama-smollm2-tokenizer", build_tiny_llama(tokenizer), tokenizer, torch_dtype, None)

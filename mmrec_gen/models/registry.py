@@ -68,11 +68,14 @@ def _resolve(target: str) -> Callable[..., LoadedModel]:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def load_model(name_or_path: str, *, dtype: str = "auto") -> LoadedModel:
-    """Load a registered model by name, or any HF model id / local folder through AutoModelForCausalLM."""
+def load_model(name_or_path: str, *, dtype: str = "auto", **from_pretrained_kwargs) -> LoadedModel:
+    """Load a registered model by name, or any HF model id / local folder through AutoModelForCausalLM.
+
+    Extra keyword arguments (for example a QLoRA `quantization_config`) go to `from_pretrained`.
+    """
     spec = _REGISTRY.get(name_or_path)
     if spec is not None:
-        return _resolve(spec.target)(dtype=dtype)
+        return _resolve(spec.target)(dtype=dtype, **from_pretrained_kwargs)
     from mmrec_gen.models.loading import load_hf_causal_lm
 
     if not Path(name_or_path).exists() and "/" not in name_or_path:
@@ -81,7 +84,7 @@ def load_model(name_or_path: str, *, dtype: str = "auto") -> LoadedModel:
             f"unknown model {name_or_path!r}: not a registered name ({known}), not an existing folder, "
             "and not an HF id of the form owner/name"
         )
-    return load_hf_causal_lm(name_or_path, dtype=dtype)
+    return load_hf_causal_lm(name_or_path, dtype=dtype, **from_pretrained_kwargs)
 
 
 @lru_cache(maxsize=2)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mmrec_gen.data.candidates import get_or_create_candidates, load_candidate_file
@@ -111,7 +112,14 @@ def _inputs_and_model(cfg: RunConfig, loaded_model):
     )
     if cfg.images:
         logger.warning("--images: item images are mapped, but %s reads item text only", cfg.model)
-    return inputs, loaded_model or load_model(cfg.model, dtype=cfg.dtype)
+    loaded = loaded_model or load_model(cfg.model, dtype=cfg.dtype)
+    if cfg.adapter:
+        from mmrec_gen.models.adapters import with_adapter
+
+        if loaded_model is not None:  # never change the caller's (possibly cached) model in place
+            loaded = replace(loaded, model=copy.deepcopy(loaded.model))
+        loaded = with_adapter(loaded, cfg.adapter, merge=cfg.merge_adapter, max_lora_rank=cfg.max_lora_rank)
+    return inputs, loaded
 
 
 def _prompt_builder(cfg: RunConfig, tokenizer, template: str, max_new_tokens: int) -> PromptBuilder:

@@ -39,6 +39,15 @@ class RunConfig:
     cache_dir: str | None = field(
         default=None, metadata={"help": "Where candidate files live (default $MMREC_HOME/candidates)."}
     )
+    adapter: str | None = field(
+        default=None, metadata={"help": "LoRA adapter folder to apply (the --output-dir of mmrec train sft|dpo)."}
+    )
+    merge_adapter: bool = field(
+        default=True, metadata={"help": "Merge the adapter into the weights (as fast as the base model)."}
+    )
+    max_lora_rank: int = field(
+        default=64, metadata={"help": "Refuse adapters of a higher LoRA rank (the serving limit, as vLLM's)."}
+    )
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self):
