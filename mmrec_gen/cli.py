@@ -1,4 +1,4 @@
-"""`mmrec` (also `python -m mmrec_gen`): rank, evaluate, explain, prompts, models, data, demo.
+"""`mmrec` (also `python -m mmrec_gen`): rank, evaluate, explain, prompts, models, data, demo, train, baseline.
 
 Heavy libraries (torch, transformers models) are imported inside the commands, so `--help` stays fast.
 """
@@ -21,6 +21,8 @@ commands:
   models      list registered model names (any HF model id or local folder works too)
   data        `data synth --out DIR` writes the synthetic multimodal dataset
   demo        synthetic data -> SmolLM2 ranks (3 modes) and explains -> metrics table
+  train       `train sft|dpo` tunes a LoRA adapter (TRL + PEFT); `train merge` folds it into the base model
+  baseline    `baseline pop|sasrec|mse` ranks the same candidate files with a classic recommender -> JSONL
 """
 
 
@@ -163,6 +165,18 @@ def cmd_demo(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_train(argv: Sequence[str]) -> int:
+    from mmrec_gen.cli_train import cmd_train as run
+
+    return run(argv)
+
+
+def cmd_baseline(argv: Sequence[str]) -> int:
+    from mmrec_gen.cli_baseline import cmd_baseline as run
+
+    return run(argv)
+
+
 COMMANDS = {
     "rank": cmd_rank,
     "evaluate": cmd_evaluate,
@@ -171,6 +185,8 @@ COMMANDS = {
     "models": cmd_models,
     "data": cmd_data,
     "demo": cmd_demo,
+    "train": cmd_train,
+    "baseline": cmd_baseline,
 }
 
 

@@ -65,7 +65,7 @@ def _content_hash(header: dict, rows: Iterable[CandidateRow]) -> str:
     return digest.hexdigest()
 
 
-def _sample_excluding(rng: np.random.Generator, n: int, excluded: np.ndarray, k: int) -> np.ndarray:
+def sample_excluding(rng: np.random.Generator, n: int, excluded: np.ndarray, k: int) -> np.ndarray:
     """k distinct positions drawn uniformly from range(n) minus the sorted, distinct `excluded` positions.
 
     Draws among the n - len(excluded) allowed positions and maps the j-th allowed one back to its position, so the
@@ -104,7 +104,7 @@ def build_candidate_rows(
                 f"Fix: lower --num-candidates to at most {allowed + 1}."
             )
         rng = rng_for(seed, "candidates", user_id)
-        negatives = [universe[p] for p in _sample_excluding(rng, len(universe), excluded, num_candidates - 1)]
+        negatives = [universe[p] for p in sample_excluding(rng, len(universe), excluded, num_candidates - 1)]
         candidates = [target.item_id, *negatives]
         order = rng.permutation(len(candidates))
         rows.append(CandidateRow(user_id, tuple(candidates[i] for i in order), target.item_id))

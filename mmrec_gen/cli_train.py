@@ -1,0 +1,80 @@
+"""`mmrec train sft|dpo|merge`: tune a LoRA adapter with TRL + PEFT, or merge one into its base model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+USAGE = """usage: mmrec train {sft,dpo,merge} [options]   (mmrec train ACTION --help for its options)
+
+  sft     supervised fine-tuning on the train split (answer = the held-out item's label, or a full ranking)
+  dpo     DPO / S-DPO: the held-out item's label preferred over negatives' labels (start from an SFT --adapter)
+  merge   fold an adapter into its base model and save a plain model folder (usable as --model)
+"""
+
+
+@dataclass
+class MergeConfig:
+    adapter: str = field(metadata={"help": "Adapter folder (the --output-dir of mmrec train sft|dpo)."})
+    out: str = field(metadata={"help": "Folder for the merged model and its tokenizer."})
+    model: str | None = field(
+        default=None, metadata={"help": "Base model; default: the one recorded in the adapter's mmrec_adapter.json."}
+    )
+    dtype: str = field(default="auto", metadata={"help": "auto, bfloat16 or float32."})
+
+
+def train_and_report(kind: str, cfg) -> int:
+    """Run one training command for a filled config and print its summary (also used by scripts/)."""
+    from mmrec_gen.train.trainers import run_dpo, run_sft
+
+    summary = (run_sft if kind == "sft" else run_dpo)(cfg)
+    print(json.dumps(summary))
+    print(f"adapter: {cfg.output_dir}  (use it with: mmrec rank --adapter {cfg.output_dir} ...)")
+    return 0
+
+
+def merge(cfg: MergeConfig) -> int:
+    from mmrec_gen.models.adapters import read_adapter_metadata, with_adapter
+    from mmrec_gen.models.registry import load_model
+
+    base = cfg.model or (read_adapter_metadata(cfg.adapter) or {}).get("base_model")
+    if base is None:
+        raise ValueError(f"{cfg.adapter}: no mmrec_adapter.json names its base model; pass --model")
+    merged = with_adapter(load_model(base, dtype=cfg.dtype), cfg.adapter, merge=True)
+    merged.model.save_pretrained(cfg.out)
+    merged.tokenizer.save_pretrained(cfg.out)
+    print(f"merged {cfg.adapter} into {base}: {cfg.out}  (use it with: mmrec rank --model {cfg.out} ...)")
+    return 0
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    from mmrec_gen.cli_args import parse_config
+    from mmrec_gen.train.config import DPOTrainConfig, SFTTrainConfig
+
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    action, rest = argv[0], argv[1:]
+    if action == "sft":
+        return train_and_report("sft", parse_config(SFTTrainConfig, rest, "mmrec train sft", _SFT_HELP))
+    if action == "dpo":
+        return train_and_report("dpo", parse_config(DPOTrainConfig, rest, "mmrec train dpo", _DPO_HELP))
+    if action == "merge":
+        return merge(parse_config(MergeConfig, rest, "mmrec train merge", "Merge a LoRA adapter into its base."))
+    raise ValueError(f"unknown train action {action!r}: use sft, dpo or merge")
+
+
+_SFT_HELP = (
+    "Supervised fine-tuning of a LoRA adapter on windows of the train split (never valid/test targets). "
+    "The score target trains on the answer position only (--fast, the default); --target ranking and "
+    "--explanations use TRL's SFTTrainer. Killed runs resume from their last checkpoint."
+)
+_DPO_HELP = (
+    "DPO of a LoRA adapter (S-DPO with several negatives on the fast path, TRL's DPOTrainer otherwise), "
+    "by default continuing --adapter (the SFT adapter), which is also the frozen reference."
+)

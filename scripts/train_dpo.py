@@ -1,0 +1,28 @@
+"""DPO (S-DPO with several negatives) of a LoRA adapter, from an SFT adapter (the options of `mmrec train dpo`).
+
+python scripts/train_dpo.py --config configs/dpo_smollm2_cpu.yaml --data ../shared/data/ml-latest-small \
+    --adapter runs/sft --output-dir runs/dpo
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def parse(argv):
+    from mmrec_gen.cli_args import parse_config
+    from mmrec_gen.train.config import DPOTrainConfig
+
+    return parse_config(DPOTrainConfig, argv, "train_dpo.py", __doc__.split("\n\n")[0])
+
+
+def main(cfg) -> int:
+    from mmrec_gen.cli import _setup_logging
+    from mmrec_gen.cli_train import train_and_report
+
+    _setup_logging()
+    return train_and_report("dpo", cfg)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(parse(sys.argv[1:])))
