@@ -298,6 +298,8 @@ def run_mse(cfg: MSEConfig, inputs: RankInputs) -> BaselineRun:
         "encoder": cfg.encoder, "fusion": None if cfg.finetune_encoder else cfg.fusion,
     }  # fmt: skip
     if cfg.finetune_encoder:
+        if cfg.images:
+            logger.warning("--images: --finetune-encoder tunes a text encoder; item images are not used")
         return _run_mse_finetune(cfg, inputs, scale, fit, monitor, extra_meta)
     from mmrec_gen.models.encoders import cached_embeddings, load_text_encoder
     from mmrec_gen.models.mse_head import MSEHead, MSEHeadParams, RatingRows, item_text
