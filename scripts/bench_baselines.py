@@ -66,7 +66,9 @@ def main(args: argparse.Namespace) -> dict:
     from mmrec_gen.rank.pipeline import prepare_inputs
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-baselines-"))
-    data = args.data or str(generate_synthetic(tmp / "synthetic", num_users=200, num_items=300, seed=args.seed))
+    data = args.data or str(
+        generate_synthetic(tmp / "synthetic", num_users=200, num_items=300, seed=args.seed, with_images=False)
+    )
     common = dict(data=data, split="test", seed=args.seed, max_users=args.max_users)
     figures: dict[str, dict] = {}
     for name in [b for b in args.baselines.split(",") if b]:
