@@ -59,6 +59,7 @@ def run_variant(args) -> None:
         max_examples=args.examples,
         gradient_accumulation_steps=args.accumulation,
         lora_dropout=0.0,
+        logging_steps=1,
         save_steps=10_000,
         resume=False,
         progress=False,
@@ -89,7 +90,7 @@ def main(args) -> dict:
             r = results[variant]
             print(
                 f"{variant:10s} {r['prompt_tokens_per_s']:8.1f} prompt tokens/s  peak {r['peak_mb']:7.1f} MB  "
-                f"{r['train_runtime_s']:6.1f} s  {r['rows']} examples  loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}",
+                f"{r['train_runtime_s']:6.1f} s  {r['rows']} examples  loss {r['first_loss']} -> {r['last_loss']}",
                 flush=True,
             )
     out = {"model": args.model, "examples": args.examples}

@@ -125,10 +125,16 @@ def load_image_tensor(path: str, size: int = 224) -> torch.Tensor:
 
 
 def image_features(
-    model: EfficientNetLite0, paths: Sequence[str | None], *, size: int = 224, batch_size: int = 32
+    model: EfficientNetLite0,
+    paths: Sequence[str | None],
+    *,
+    size: int = 224,
+    batch_size: int = 32,
+    progress: bool = True,
 ) -> np.ndarray:
     """(len(paths), 1280) float32; rows of missing or unreadable images are zero (counted and logged)."""
     from PIL import Image
+    from tqdm.auto import tqdm
 
     out = np.zeros((len(paths), FEATURE_DIM), dtype=np.float32)
     missing, bad = 0, []
@@ -141,7 +147,7 @@ def image_features(
             out[row] = f
         todo.clear()
 
-    for row, path in enumerate(paths):
+    for row, path in enumerate(tqdm(paths, desc="image features", unit="image", disable=not progress)):
         if not path:
             missing += 1
             continue
