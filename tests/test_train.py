@@ -106,6 +106,27 @@ def test_training_prompt_is_the_inference_prompt_and_trl_masks_only_the_answer(s
     assert tok.decode(answer).startswith(inference.labels[ex[0].target_index])
 
 
+def test_trl_rows_count_prompt_tokens_and_overlong_rows_are_dropped_and_counted(split, tiny_model):
+    from mmrec_gen.prompting.render import PromptBuilder
+    from mmrec_gen.train.rows import RowStats, fast_sft_rows, render_examples, trl_sft_rows
+    from mmrec_gen.train.trainers import _drop_overlong, prompt_tokens
+
+    ds, sr = split
+    tok = tiny_model.tokenizer
+    builder = PromptBuilder(tok, "rank_listwise", max_model_len=2048, max_new_tokens=1, max_history=20)
+    rendered = render_examples(
+        builder, ds, build_examples(ds, sr, seed=0, num_candidates=8, max_examples=4), RowStats()
+    )
+    rows = trl_sft_rows(ds, rendered, target="score", explanations=False, seed=0)
+    fast = fast_sft_rows(tok, rendered)
+    assert prompt_tokens(rows, tok) == prompt_tokens(fast, tok) == sum(len(r.prompt.input_ids) for r in rendered)
+    shortest = min(len(r.prompt.input_ids) for r in rendered)
+    stats = RowStats()
+    kept = _drop_overlong(rows, tok, shortest + 5, stats, ("completion",))
+    assert len(kept) + stats.dropped["completion_truncated"] == 4
+    assert stats.dropped["completion_truncated"] == sum(len(r.prompt.input_ids) + 5 > shortest + 5 for r in rendered)
+
+
 def test_explanations_cite_history_items_only(split):
     from mmrec_gen.train.rows import explanation
 

@@ -226,28 +226,33 @@ def _examples(cfg: TrainConfig, loaded: LoadedModel, stats: RowStats):
     return ds, rendered
 
 
+def chat_prompt_len(tokenizer, messages: list[dict]) -> int:
+    """Tokens of the chat prompt (with the assistant prefix) that TRL builds from `messages`."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def _drop_overlong(rows: list[dict], tokenizer, max_length: int, stats: RowStats, keys: tuple[str, ...]) -> list:
     """TRL truncates a row longer than max_length and then silently drops a row whose completion was cut away:
     drop those rows here instead, and count them."""
     kept = []
     for row in rows:
-        prompt_len = len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True))
         answer_len = max(
             len(tokenizer.encode(m["content"], add_special_tokens=False)) + 4 for k in keys for m in row[k]
-        )
-        if prompt_len + answer_len > max_length:
+        )  # + 4: the end-of-turn tokens the chat template adds after the answer
+        if chat_prompt_len(tokenizer, row["prompt"]) + answer_len > max_length:
             stats.dropped["completion_truncated"] += 1
+            logger.warning("training row dropped: its answer would be truncated at max_length %d", max_length)
         else:
             kept.append(row)
     return kept
 
 
-def _prompt_tokens(rows: list[dict], tokenizer) -> int:
+def prompt_tokens(rows: list[dict], tokenizer) -> int:
+    """Prompt tokens of the rows (fast-path ids, or TRL prompts tokenised as TRL does)."""
     if rows and "input_ids" in rows[0]:
         return sum(len(r["input_ids"]) for r in rows)
-    return sum(
-        len(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True)) for r in rows
-    )
+    return sum(chat_prompt_len(tokenizer, r["prompt"]) for r in rows)
 
 
 def _finish(cfg, kind, trainer, loaded, model, stats, rows, path, started, cpu_started, resumed_from) -> dict:
@@ -261,7 +266,7 @@ def _finish(cfg, kind, trainer, loaded, model, stats, rows, path, started, cpu_s
     train_runtime = next(
         (h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), wall
     )
-    tokens = _prompt_tokens(rows, loaded.tokenizer) * epochs
+    tokens = prompt_tokens(rows, loaded.tokenizer) * epochs
     summary = {
         "kind": kind,
         "path": path,
