@@ -196,13 +196,18 @@ def cached_embeddings(
         logger.warning("%s has shape %s, expected %s: recomputing it", path, emb.shape, (len(ids), encoder.dim))
     logger.info("embeddings: encoding %d texts with %s (once; cached at %s)", len(texts), encoder.name, path)
     emb = encoder.encode(list(texts), batch_size=batch_size)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=folder)
+    save_npy_atomic(path, emb)
+    return emb
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write `array` to `path` under a temporary name and rename it, so a killed run never leaves half a cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.save(fh, emb)
+            np.save(fh, array)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return emb

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -172,7 +171,7 @@ def cached_image_features(
     encoder: str, ds, item_ids: Sequence[str], *, size: int = 224, cache_dir: str | os.PathLike[str] | None = None
 ) -> np.ndarray:
     """Image features of `item_ids` (ds.items[i].image), computed once and cached like the text embeddings."""
-    from mmrec_gen.models.encoders import embeddings_dir
+    from mmrec_gen.models.encoders import embeddings_dir, save_npy_atomic
 
     if encoder not in IMAGE_ENCODERS:
         raise ValueError(f"unknown image encoder {encoder!r}: choose one of {', '.join(IMAGE_ENCODERS)}")
@@ -192,13 +191,5 @@ def cached_image_features(
         "image features: encoding %d images with %s (once; cached at %s)", sum(map(bool, paths)), encoder, target
     )
     feats = image_features(load_efficientnet_lite0(), paths, size=size)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".npy", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, feats)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_npy_atomic(target, feats)
     return feats
