@@ -126,6 +126,19 @@ class PromptBuilder:
         self._skeleton_counts: dict[tuple, Counter] = {}
         self.system_in_user = self._check_chat_template()
 
+    @classmethod
+    def from_options(cls, tokenizer, template_id: str, options, max_new_tokens: int) -> PromptBuilder:
+        """A builder from a run config: `options` has max_model_len, max_history and max_text_chars (the fields
+        `mmrec rank`, `explain` and `train` share), so training and inference budget prompts identically."""
+        return cls(
+            tokenizer,
+            template_id,
+            max_model_len=options.max_model_len,
+            max_new_tokens=max_new_tokens,
+            max_history=options.max_history,
+            max_text_chars=options.max_text_chars,
+        )
+
     # ----------------------------------------------------------------------------------------------- public API
     def rank(
         self,

@@ -176,6 +176,12 @@ def result_row(crow: CandidateRow, scores: Sequence[float], n_history: int, meta
     }  # fmt: skip
 
 
+def rating_row(crow: CandidateRow, ratings: Sequence[float], n_history: int, meta: dict, true_rating) -> dict:
+    """A row ranked by predicted ratings, carrying the target's predicted and true rating (for RMSE/MAE)."""
+    predicted = float(ratings[crow.candidates.index(crow.target)])
+    return result_row(crow, ratings, n_history, meta, pred_rating=predicted, true_rating=true_rating)
+
+
 def error_row(crow: CandidateRow, message: str, meta: dict) -> dict:
     return {
         "user_id": crow.user_id, "candidates": list(crow.candidates), "ranking": None, "target": crow.target,
@@ -355,10 +361,7 @@ def run_mse(cfg: MSEConfig, inputs: RankInputs) -> BaselineRun:
             n = len(c.candidates)
             scores = pred[at : at + n].tolist()
             at += n
-            out.append(result_row(
-                c, scores, len(hist), meta, pred_rating=scores[c.candidates.index(c.target)],
-                true_rating=target.rating,
-            ))  # fmt: skip
+            out.append(rating_row(c, scores, len(hist), meta, target.rating))
         return out
 
     start = time.perf_counter()
@@ -406,10 +409,7 @@ def _run_mse_finetune(cfg, inputs, scale, fit, monitor, extra_meta) -> BaselineR
             hist, target = users[c.user_id].history_and_target(cfg.split)
             text = utext(_rated(hist))
             scores = scale.from_unit(tuner.predict([(text, itext(i)) for i in c.candidates])).tolist()
-            out.append(result_row(
-                c, scores, len(hist), meta, pred_rating=scores[c.candidates.index(c.target)],
-                true_rating=target.rating,
-            ))  # fmt: skip
+            out.append(rating_row(c, scores, len(hist), meta, target.rating))
         return out
 
     start = time.perf_counter()

@@ -122,17 +122,6 @@ def _inputs_and_model(cfg: RunConfig, loaded_model):
     return inputs, loaded
 
 
-def _prompt_builder(cfg: RunConfig, tokenizer, template: str, max_new_tokens: int) -> PromptBuilder:
-    return PromptBuilder(
-        tokenizer,
-        template,
-        max_model_len=cfg.max_model_len,
-        max_new_tokens=max_new_tokens,
-        max_history=cfg.max_history,
-        max_text_chars=cfg.max_text_chars,
-    )
-
-
 def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
     """Rank every user of the candidate file (or the first --max-users) and write cfg.out; returns the rows."""
     from mmrec_gen.eval.results_io import write_results
@@ -141,7 +130,7 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
     inputs, loaded = _inputs_and_model(cfg, loaded_model)
     tasks = build_tasks(inputs, split=cfg.split, max_users=cfg.max_users, shots=cfg.shots, seed=cfg.seed)
     max_new = {"score": 1, "constrained": 2 * inputs.candidate_file.num_candidates, "generate": cfg.max_new_tokens}
-    builder = _prompt_builder(cfg, loaded.tokenizer, cfg.template, max_new[cfg.mode])
+    builder = PromptBuilder.from_options(loaded.tokenizer, cfg.template, cfg, max_new[cfg.mode])
     backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress)
     meta = run_meta(inputs, model=loaded.name, mode=cfg.mode, template=cfg.template, shots=cfg.shots)
     catalogue = sorted({item.title for item in inputs.dataset.items.values()}) if cfg.mode == "generate" else ()
@@ -177,13 +166,13 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
                 f"{inputs.candidate_file.path}: pass the same --split/--seed/--num-candidates (or --candidates)"
             )
     else:
-        builder = _prompt_builder(cfg, loaded.tokenizer, "rank_listwise", 1)
+        builder = PromptBuilder.from_options(loaded.tokenizer, "rank_listwise", cfg, 1)
         meta = run_meta(inputs, model=loaded.name, mode="score", template="rank_listwise", shots=0)
         ranked = {r["user_id"]: r for r in Ranker(backend, builder, "score", meta=meta).rank(tasks)}
     ds = inputs.dataset
     kept = [t for t in tasks if ranked[t.user_id].get("ranking")]
     top_items = [ds.items[ranked[t.user_id]["ranking"][0]] for t in kept]
-    builder = _prompt_builder(cfg, loaded.tokenizer, cfg.template, cfg.max_new_tokens)
+    builder = PromptBuilder.from_options(loaded.tokenizer, cfg.template, cfg, cfg.max_new_tokens)
     catalogue = {normalize_title(item.title): item.title for item in ds.items.values()}
     meta = run_meta(inputs, model=loaded.name, mode="explain", template=cfg.template, shots=0)
     explained = explain(

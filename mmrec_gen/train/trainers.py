@@ -209,14 +209,7 @@ def _examples(cfg: TrainConfig, loaded: LoadedModel, stats: RowStats):
             f"{cfg.data}: no training example (every user's train sequence is shorter than "
             f"--min-history {cfg.min_history} + 1); lower --min-history"
         )
-    builder = PromptBuilder(
-        loaded.tokenizer,
-        cfg.template,
-        max_model_len=cfg.max_model_len,
-        max_new_tokens=answer_budget(cfg),
-        max_history=cfg.max_history,
-        max_text_chars=cfg.max_text_chars,
-    )
+    builder = PromptBuilder.from_options(loaded.tokenizer, cfg.template, cfg, answer_budget(cfg))
     if builder.spec.task != "rank":
         raise ValueError(f"--template {cfg.template!r} is a {builder.spec.task!r} template; training needs a rank one")
     if "demos" in builder.spec.required_fields:
