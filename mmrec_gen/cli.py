@@ -110,7 +110,8 @@ def cmd_prompts(argv: Sequence[str]) -> int:
     parser.add_argument("action", choices=["list", "validate"])
     parser.add_argument("--model", default=None, help="Also check labels/rendering with this model's tokenizer.")
     args = parser.parse_args(argv)
-    from mmrec_gen.prompting.templates import load_manifest, validate_templates
+    from mmrec_gen.prompting.templates import load_manifest
+    from mmrec_gen.prompting.validate import validate_templates
 
     if args.action == "list":
         for spec in load_manifest().values():

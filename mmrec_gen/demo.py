@@ -68,7 +68,7 @@ def run_demo(cfg: DemoConfig) -> None:
 
 def _print_explanations(rows: list[dict], ranking_file: str, data: str) -> None:
     from mmrec_gen.data.loaders import load_dataset
-    from mmrec_gen.eval.results_io import read_results
+    from mmrec_gen.data.results import read_results
 
     items = load_dataset(data).items
     ranked = {r["user_id"]: r for r in read_results(ranking_file)}

@@ -32,10 +32,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def bench_llm(model_name: str, inputs, users: int) -> dict:
+    from mmrec_gen.data.inputs import run_meta
     from mmrec_gen.models.registry import load_model
     from mmrec_gen.prompting.render import PromptBuilder
     from mmrec_gen.rank.backend import create_backend
-    from mmrec_gen.rank.pipeline import build_tasks, run_meta
+    from mmrec_gen.rank.pipeline import build_tasks
     from mmrec_gen.rank.ranker import Ranker
 
     start = time.perf_counter()
@@ -61,9 +62,9 @@ def bench_llm(model_name: str, inputs, users: int) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict:
+    from mmrec_gen.data.inputs import prepare_inputs
     from mmrec_gen.data.synthetic import generate_synthetic
     from mmrec_gen.rank.baselines import CONFIGS, run_baseline
-    from mmrec_gen.rank.pipeline import prepare_inputs
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-baselines-"))
     data = args.data or str(

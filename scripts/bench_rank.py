@@ -45,9 +45,10 @@ def gemm_gflops(dtype, size: int, repeats: int) -> float:
 
 def time_mode(model, inputs, mode: str, batch_size: int, users: int) -> tuple[float, int]:
     """Seconds to rank `users` users in `mode` (prompt building included), and the prompt tokens processed."""
+    from mmrec_gen.data.inputs import run_meta
     from mmrec_gen.prompting.render import PromptBuilder
     from mmrec_gen.rank.backend import create_backend
-    from mmrec_gen.rank.pipeline import build_tasks, run_meta
+    from mmrec_gen.rank.pipeline import build_tasks
     from mmrec_gen.rank.ranker import Ranker
 
     tasks = build_tasks(inputs, split="test", max_users=users)
@@ -69,9 +70,9 @@ def time_mode(model, inputs, mode: str, batch_size: int, users: int) -> tuple[fl
 def main(args: argparse.Namespace) -> dict:
     import torch
 
+    from mmrec_gen.data.inputs import prepare_inputs
     from mmrec_gen.data.synthetic import generate_synthetic
     from mmrec_gen.models.registry import load_model
-    from mmrec_gen.rank.pipeline import prepare_inputs
 
     tmp = tempfile.mkdtemp(prefix="bench_rank_")
     data = args.data or str(generate_synthetic(f"{tmp}/data", seed=0))

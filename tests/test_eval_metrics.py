@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from mmrec_gen.data.results import append_result, read_results, write_results
 from mmrec_gen.eval.metrics import pointwise_auc, ranking_metrics, rating_metrics, user_auc
-from mmrec_gen.eval.results_io import append_result, read_results, write_results
 
 CANDS = [f"i{k}" for k in range(10)]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mmrec_gen.data.results import write_results
 from mmrec_gen.eval.report import evaluate_file, format_table, protocol_line
-from mmrec_gen.eval.results_io import write_results
 
 META = {
     "dataset": "ml-latest-small",

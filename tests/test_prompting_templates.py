@@ -22,8 +22,8 @@ from mmrec_gen.prompting.templates import (
     parse_manifest,
     template_source,
     undeclared_variables,
-    validate_templates,
 )
+from mmrec_gen.prompting.validate import validate_templates
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "prompts" / "golden"
 EXPECTED_IDS = {"rank_listwise", "rank_fewshot", "explain", "pointwise"}

@@ -8,10 +8,11 @@ import dataclasses
 import pytest
 import torch
 
+from mmrec_gen.data.inputs import prepare_inputs, run_meta
 from mmrec_gen.data.schema import Item
 from mmrec_gen.prompting.render import PromptBuilder
 from mmrec_gen.rank.backend import create_backend
-from mmrec_gen.rank.pipeline import build_tasks, prepare_inputs, run_meta
+from mmrec_gen.rank.pipeline import build_tasks
 from mmrec_gen.rank.ranker import Ranker, label_vocab
 
 

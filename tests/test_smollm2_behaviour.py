@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from mmrec_gen.data.inputs import prepare_inputs, run_meta
 from mmrec_gen.data.schema import Item
 from mmrec_gen.prompting.labels import candidate_labels, label_token_ids
 from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder
 from mmrec_gen.rank.backend import create_backend
-from mmrec_gen.rank.pipeline import build_tasks, prepare_inputs, run_meta
+from mmrec_gen.rank.pipeline import build_tasks
 from mmrec_gen.rank.ranker import YES_NO, Ranker, UserTask, label_vocab
 
 pytestmark = pytest.mark.smollm2

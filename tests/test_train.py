@@ -286,7 +286,7 @@ def test_adapter_rank_above_the_serving_limit_and_non_adapter_folder_are_refused
 
 def test_rank_with_adapter_and_merge_command(trained_adapter, synth_dir, tmp_path):
     from mmrec_gen.cli import main
-    from mmrec_gen.eval.results_io import read_results
+    from mmrec_gen.data.results import read_results
 
     common = ["--data", str(synth_dir), "--model", "tiny-llama", "--max-users", "6", "--cache-dir", str(tmp_path)]
     assert main(["rank", *common, "--out", str(tmp_path / "base.jsonl"), "--no-progress"]) == 0

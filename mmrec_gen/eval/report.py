@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mmrec_gen.data.results import read_results
 from mmrec_gen.eval.metrics import ranking_metrics, rating_metrics, user_auc
-from mmrec_gen.eval.results_io import read_results
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from mmrec_gen.models.registry import LoadedModel
+from mmrec_gen.models.types import LoadedModel
 
 logger = logging.getLogger(__name__)
 

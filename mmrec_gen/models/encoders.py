@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mmrec_gen.models.paths import mmrec_home
+from mmrec_gen.data.paths import mmrec_home
 
 logger = logging.getLogger(__name__)
 

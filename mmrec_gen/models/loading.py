@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from mmrec_gen.models.registry import LoadedModel
+from mmrec_gen.models.types import LoadedModel
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Model registry: names map to lazy "module:function" loaders; anything else is an HF model id or local path.
 
-A loader returns a `LoadedModel`. Dispatch is by exact registered name only (never by substrings of a path).
+A loader returns a `LoadedModel` (defined in `models/types.py`, which the loaders import too: no cycle). Dispatch is by exact registered name only (never by substrings of a path).
 """
 
 from __future__ import annotations
@@ -11,19 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+
+from mmrec_gen.models.types import LoadedModel
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class LoadedModel:
-    name: str
-    model: Any  # a transformers PreTrainedModel
-    tokenizer: Any  # a transformers tokenizer with a chat template
-    dtype: str
-    num_parameters: int
-    path: str | None = None  # a folder other backends (vLLM) can load, when there is one
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mmrec_gen.models.paths import models_dir
+from mmrec_gen.data.paths import models_dir
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from mmrec_gen.prompting.context import SCHEMA_FIELDS
 from mmrec_gen.prompting.environment import make_environment
 from mmrec_gen.prompting.errors import PromptFieldError
-from mmrec_gen.prompting.labels import label_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class TemplateSpec:
     system: str | None = None
 
 
-def _read_prompt_file(name: str) -> str:
+def read_prompt_file(name: str) -> str:
     # Names come from the manifest or `{% import %}`: refuse anything that is not a plain file name in prompts/.
     if not _FILE_RE.match(name) and name != MANIFEST_FILE:
         raise ValueError(f"prompt file name {name!r} is not a plain '<name>.jinja' file in prompts/")
@@ -64,7 +63,7 @@ def _read_prompt_file(name: str) -> str:
 
 
 def _load_for_jinja(name: str) -> tuple[str, str, Any]:
-    return _read_prompt_file(name), f"prompts/{name}", lambda: True
+    return read_prompt_file(name), f"prompts/{name}", lambda: True
 
 
 def _entry_to_spec(i: int, entry: Any) -> TemplateSpec:
@@ -109,7 +108,7 @@ def _entry_to_spec(i: int, entry: Any) -> TemplateSpec:
 
 def load_manifest() -> dict[str, TemplateSpec]:
     """Read prompts/manifest.yaml into {id: TemplateSpec}; a duplicate id or a malformed entry raises ValueError."""
-    return parse_manifest(yaml.safe_load(_read_prompt_file(MANIFEST_FILE)))
+    return parse_manifest(yaml.safe_load(read_prompt_file(MANIFEST_FILE)))
 
 
 def parse_manifest(data: Any) -> dict[str, TemplateSpec]:
@@ -140,7 +139,7 @@ def get_template(template_id: str) -> TemplateSpec:
 
 def template_source(spec: TemplateSpec) -> str:
     """The Jinja source of a template, read from the installed package."""
-    return _read_prompt_file(spec.file)
+    return read_prompt_file(spec.file)
 
 
 @lru_cache(maxsize=1)
@@ -207,47 +206,3 @@ def _record_missing(context: dict[str, Any], err: UndefinedError) -> str | None:
         if isinstance(rec, dict) and key not in rec and key not in rec.get("fields", {}):
             return str(rec.get("title"))
     return None
-
-
-def validate_templates(tokenizer=None) -> list[str]:
-    """Check every template in the manifest; return one report line per template, raise on the first failure.
-
-    Checks: the file parses; its undeclared variables are within the documented schema and equal its
-    required_fields; it renders on built-in sample data without error. With a tokenizer, it also renders through
-    the chat template (PromptBuilder), checks rendered == apply_chat_template(messages) and, for rank templates,
-    that the labels are single tokens; the line then reports the token count.
-    """
-    from mmrec_gen.prompting import samples
-
-    lines: list[str] = []
-    macro_vars = undeclared_variables(_read_prompt_file("_macros.jinja"), "_macros.jinja")
-    if macro_vars:
-        raise ValueError(f"prompts/_macros.jinja uses global variables {sorted(macro_vars)}; macros take arguments")
-    for spec in _manifest().values():
-        source = template_source(spec)
-        found = undeclared_variables(source, spec.file)
-        outside = found - SCHEMA_FIELDS
-        if outside:
-            raise ValueError(
-                f"prompts/{spec.file} (template {spec.id!r}) uses variables {sorted(outside)} that are not in the "
-                f"context schema {sorted(SCHEMA_FIELDS)}"
-            )
-        if found != set(spec.required_fields):
-            raise ValueError(
-                f"prompts/{spec.file} (template {spec.id!r}) uses {sorted(found)} but the manifest declares "
-                f"required_fields {sorted(spec.required_fields)}; make them equal"
-            )
-        text = render_user_text(spec, samples.sample_context(spec.task), user_id="sample")
-        line = f"{spec.id} v{spec.version} ({spec.task}, {spec.output_format}): ok, {len(text)} chars"
-        if tokenizer is not None:
-            from mmrec_gen.prompting.render import PromptBuilder
-
-            prompt = samples.render_sample(PromptBuilder(tokenizer, spec.id, max_model_len=100_000), spec.id)
-            chat = tokenizer.apply_chat_template
-            if chat(prompt.messages, add_generation_prompt=True, tokenize=False) != prompt.prompt_text:
-                raise ValueError(f"template {spec.id!r}: prompt_text differs from apply_chat_template(messages)")
-            if spec.task == "rank":
-                label_token_ids(tokenizer, prompt.labels, prefix=prompt.prompt_text)
-            line += f", {len(prompt.input_ids)} tokens"
-        lines.append(line)
-    return lines

@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mmrec_gen.data.inputs import RunInputs, prepare_inputs, run_meta
 from mmrec_gen.data.schema import CandidateRow, Interaction
 from mmrec_gen.data.split import SplitResult, id_sort_key
-from mmrec_gen.rank.pipeline import RankInputs, prepare_inputs, run_meta
 from mmrec_gen.rank.rank_config import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -215,23 +215,23 @@ def score_rows(
     return rows
 
 
-def _rows_to_rank(inputs: RankInputs, cfg: BaselineConfig) -> list[CandidateRow]:
+def _rows_to_rank(inputs: RunInputs, cfg: BaselineConfig) -> list[CandidateRow]:
     rows = inputs.candidate_file.rows
     return rows[: cfg.max_users] if cfg.max_users else rows
 
 
-def _inputs(cfg: BaselineConfig) -> RankInputs:
+def _inputs(cfg: BaselineConfig) -> RunInputs:
     return prepare_inputs(
         cfg.data, split=cfg.split, seed=cfg.seed, num_candidates=cfg.num_candidates, images=cfg.images,
         candidates=cfg.candidates, cache_dir=cfg.cache_dir,
     )  # fmt: skip
 
 
-def _meta(inputs: RankInputs, model: str, **extra) -> dict:
+def _meta(inputs: RunInputs, model: str, **extra) -> dict:
     return {**run_meta(inputs, model=model, mode="baseline", template=None, shots=0), **extra}
 
 
-def run_pop(cfg: PopConfig, inputs: RankInputs) -> BaselineRun:
+def run_pop(cfg: PopConfig, inputs: RunInputs) -> BaselineRun:
     from mmrec_gen.models.popularity import PopularityModel
 
     fit, _ = training_view(inputs.split_result, cfg.split)
@@ -252,7 +252,7 @@ def run_pop(cfg: PopConfig, inputs: RankInputs) -> BaselineRun:
     return BaselineRun(rows, train_s, time.perf_counter() - start)
 
 
-def run_sasrec(cfg: SASRecConfig, inputs: RankInputs) -> BaselineRun:
+def run_sasrec(cfg: SASRecConfig, inputs: RunInputs) -> BaselineRun:
     from mmrec_gen.models.sasrec import SASRecParams, SASRecRecommender
 
     params = SASRecParams(
@@ -282,7 +282,7 @@ def _rated(seq: Sequence[Interaction]) -> list[Interaction]:
     return [i for i in seq if i.rating is not None]
 
 
-def run_mse(cfg: MSEConfig, inputs: RankInputs) -> BaselineRun:
+def run_mse(cfg: MSEConfig, inputs: RunInputs) -> BaselineRun:
     """Frozen embeddings + MLP (default), or the fine-tuned encoder itself with --finetune-encoder."""
     import numpy as np
 
@@ -419,7 +419,7 @@ def _run_mse_finetune(cfg, inputs, scale, fit, monitor, extra_meta) -> BaselineR
 
 def run_baseline(name: str, cfg: BaselineConfig) -> BaselineRun:
     """Fit baseline `name` on the train split, rank the candidate file, write cfg.out; returns rows and timings."""
-    from mmrec_gen.eval.results_io import write_results
+    from mmrec_gen.data.results import write_results
 
     if name not in CONFIGS:
         raise ValueError(f"unknown baseline {name!r}: choose one of {', '.join(BASELINES)}")

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
-from mmrec_gen.data.candidates import get_or_create_candidates, load_candidate_file
-from mmrec_gen.data.loaders import load_dataset
-from mmrec_gen.data.schema import CandidateFile, Dataset
-from mmrec_gen.data.split import SplitResult, split_dataset
+from mmrec_gen.data.inputs import RunInputs, prepare_inputs, run_meta
+from mmrec_gen.data.schema import Dataset
 from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder
 from mmrec_gen.rank.fewshot import select_demos
 from mmrec_gen.rank.rank_config import ExplainConfig, RankConfig, RunConfig
@@ -19,52 +16,12 @@ from mmrec_gen.rank.ranker import Ranker, UserTask
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RankInputs:
-    dataset: Dataset
-    split_result: SplitResult
-    candidate_file: CandidateFile
-
-
-def prepare_inputs(
-    data: str,
-    *,
-    split: str,
-    seed: int,
-    num_candidates: int,
-    images: str | None = None,
-    candidates: str | None = None,
-    cache_dir: str | None = None,
-) -> RankInputs:
-    """Load the dataset, split it, and build (or reuse) the versioned candidate file every method shares."""
-    from mmrec_gen.models.paths import candidates_dir
-
-    ds = load_dataset(data, images_dir=images)
-    split_result = split_dataset(ds)
-    if candidates:
-        cand = load_candidate_file(candidates)
-        if cand.split != split or cand.dataset != ds.name:
-            raise ValueError(
-                f"{candidates}: built for dataset={cand.dataset} split={cand.split}, "
-                f"but this run is dataset={ds.name} split={split}; pass the matching file or drop --candidates"
-            )
-        unknown = [r.user_id for r in cand.rows if r.user_id not in split_result.users]
-        if unknown:
-            raise ValueError(f"{candidates}: user {unknown[0]} (and {len(unknown) - 1} more) not in {data}")
-    else:
-        cand = get_or_create_candidates(
-            ds, split_result, split, seed, num_candidates, Path(cache_dir) if cache_dir else candidates_dir()
-        )
-    logger.info("candidates: %s (%d users)", cand.path, len(cand.rows))
-    return RankInputs(ds, split_result, cand)
-
-
 def history_entries(ds: Dataset, interactions) -> list[HistoryEntry]:
     return [HistoryEntry(ds.items[i.item_id], i.rating) for i in interactions]
 
 
 def build_tasks(
-    inputs: RankInputs, *, split: str, max_users: int | None, shots: int = 0, seed: int = 0
+    inputs: RunInputs, *, split: str, max_users: int | None, shots: int = 0, seed: int = 0
 ) -> list[UserTask]:
     ds, split_result, cand = inputs.dataset, inputs.split_result, inputs.candidate_file
     rows = cand.rows[:max_users] if max_users else cand.rows
@@ -82,20 +39,6 @@ def build_tasks(
             )
         )
     return tasks
-
-
-def run_meta(inputs: RankInputs, *, model: str, mode: str, template: str, shots: int) -> dict:
-    cand = inputs.candidate_file
-    return {
-        "dataset": cand.dataset,
-        "split": cand.split,
-        "candidates_hash": cand.content_hash,
-        "seed": cand.seed,
-        "model": model,
-        "mode": mode,
-        "template": template,
-        "shots": shots,
-    }
 
 
 def _inputs_and_model(cfg: RunConfig, loaded_model):
@@ -124,7 +67,7 @@ def _inputs_and_model(cfg: RunConfig, loaded_model):
 
 def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
     """Rank every user of the candidate file (or the first --max-users) and write cfg.out; returns the rows."""
-    from mmrec_gen.eval.results_io import write_results
+    from mmrec_gen.data.results import write_results
     from mmrec_gen.rank.backend import create_backend
 
     inputs, loaded = _inputs_and_model(cfg, loaded_model)
@@ -146,7 +89,7 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
 
 def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
     """Explain each user's top-ranked item (from cfg.ranking, or from a score-mode ranking made here)."""
-    from mmrec_gen.eval.results_io import read_results, write_results
+    from mmrec_gen.data.results import read_results, write_results
     from mmrec_gen.rank.backend import create_backend
     from mmrec_gen.rank.explain import explain, explanation_summary
     from mmrec_gen.rank.titles import normalize_title

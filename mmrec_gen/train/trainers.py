@@ -16,7 +16,8 @@ from pathlib import Path
 from mmrec_gen.data.loaders import load_dataset
 from mmrec_gen.data.split import split_dataset
 from mmrec_gen.models.adapters import attach_adapter, write_adapter_metadata
-from mmrec_gen.models.registry import LoadedModel, load_model
+from mmrec_gen.models.registry import load_model
+from mmrec_gen.models.types import LoadedModel
 from mmrec_gen.prompting.render import PromptBuilder
 from mmrec_gen.train.config import DPOTrainConfig, TrainConfig
 from mmrec_gen.train.examples import build_examples

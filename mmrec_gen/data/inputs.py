@@ -1,0 +1,70 @@
+"""What every method ranks: the dataset, its split and the versioned candidate file (shared by rank and recsys).
+
+`run_meta` is the `meta` block of a result row, so that rows from LLMs and classic recommenders compare.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmrec_gen.data.candidates import get_or_create_candidates, load_candidate_file
+from mmrec_gen.data.loaders import load_dataset
+from mmrec_gen.data.paths import candidates_dir
+from mmrec_gen.data.schema import CandidateFile, Dataset
+from mmrec_gen.data.split import SplitResult, split_dataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunInputs:
+    dataset: Dataset
+    split_result: SplitResult
+    candidate_file: CandidateFile
+
+
+def prepare_inputs(
+    data: str,
+    *,
+    split: str,
+    seed: int,
+    num_candidates: int,
+    images: str | None = None,
+    candidates: str | None = None,
+    cache_dir: str | None = None,
+) -> RunInputs:
+    """Load the dataset, split it, and build (or reuse) the versioned candidate file every method shares."""
+    ds = load_dataset(data, images_dir=images)
+    split_result = split_dataset(ds)
+    if candidates:
+        cand = load_candidate_file(candidates)
+        if cand.split != split or cand.dataset != ds.name:
+            raise ValueError(
+                f"{candidates}: built for dataset={cand.dataset} split={cand.split}, "
+                f"but this run is dataset={ds.name} split={split}; pass the matching file or drop --candidates"
+            )
+        unknown = [r.user_id for r in cand.rows if r.user_id not in split_result.users]
+        if unknown:
+            raise ValueError(f"{candidates}: user {unknown[0]} (and {len(unknown) - 1} more) not in {data}")
+    else:
+        cand = get_or_create_candidates(
+            ds, split_result, split, seed, num_candidates, Path(cache_dir) if cache_dir else candidates_dir()
+        )
+    logger.info("candidates: %s (%d users)", cand.path, len(cand.rows))
+    return RunInputs(ds, split_result, cand)
+
+
+def run_meta(inputs: RunInputs, *, model: str, mode: str, template: str, shots: int) -> dict:
+    cand = inputs.candidate_file
+    return {
+        "dataset": cand.dataset,
+        "split": cand.split,
+        "candidates_hash": cand.content_hash,
+        "seed": cand.seed,
+        "model": model,
+        "mode": mode,
+        "template": template,
+        "shots": shots,
+    }
