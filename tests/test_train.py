@@ -298,8 +298,13 @@ def test_rank_with_adapter_and_merge_command(trained_adapter, synth_dir, tmp_pat
 
     assert main(["train", "merge", "--adapter", str(trained_adapter), "--out", str(tmp_path / "merged")]) == 0
     merged_model = tmp_path / "merged"
+    # A saved model folder loads in bf16 under --dtype auto on a CPU with native bf16; tiny-llama ran in fp32.
+    fp32 = ["--dtype", "float32"]
     assert (
-        main(["rank", *common[:2], "--model", str(merged_model), *common[4:], "--out", str(tmp_path / "m.jsonl")]) == 0
+        main(
+            ["rank", *common[:2], "--model", str(merged_model), *common[4:], *fp32, "--out", str(tmp_path / "m.jsonl")]
+        )
+        == 0
     )
     merged = read_results(tmp_path / "m.jsonl")
     assert [r["ranking"] for r in merged] == [r["ranking"] for r in tuned]
