@@ -18,7 +18,7 @@ def cmd_baseline(argv: Sequence[str]) -> int:
         print(USAGE)
         return 0 if argv else 2
     from mmrec_gen.cli_args import parse_config
-    from mmrec_gen.rank.baselines import BASELINES, CONFIGS, run_baseline
+    from mmrec_gen.recsys.baselines import BASELINES, CONFIGS, run_baseline
 
     name = argv[0]
     if name not in CONFIGS:

@@ -64,7 +64,7 @@ def bench_llm(model_name: str, inputs, users: int) -> dict:
 def main(args: argparse.Namespace) -> dict:
     from mmrec_gen.data.inputs import prepare_inputs
     from mmrec_gen.data.synthetic import generate_synthetic
-    from mmrec_gen.rank.baselines import CONFIGS, run_baseline
+    from mmrec_gen.recsys.baselines import CONFIGS, run_baseline
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-baselines-"))
     data = args.data or str(

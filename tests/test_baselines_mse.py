@@ -10,8 +10,9 @@ import torch
 
 from mmrec_gen.cli import main
 from mmrec_gen.eval.report import evaluate_file, rating_summary
-from mmrec_gen.models.mse_head import RatingScale, UserProfiles, item_text
-from mmrec_gen.rank.baselines import MSEConfig, run_baseline
+from mmrec_gen.features.text_encoders import item_text
+from mmrec_gen.recsys.baselines import MSEConfig, run_baseline
+from mmrec_gen.recsys.mse_head import RatingScale, UserProfiles
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def tiny_bert(tmp_path_factory):
     """A 2-layer random BERT saved with MiniLM's tokenizer: exercises the 'any HF encoder folder' path quickly."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from mmrec_gen.models.encoders import minilm_dir
+    from mmrec_gen.features.text_encoders import minilm_dir
 
     path = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
@@ -121,7 +122,7 @@ def test_llm_hidden_state_encoder(rated_data):
 
 
 def test_finetune_encoder_updates_weights_and_lowers_the_training_loss(tiny_bert):
-    from mmrec_gen.models.mse_finetune import EncoderFinetuner, FinetuneParams, user_text
+    from mmrec_gen.recsys.mse_finetune import EncoderFinetuner, FinetuneParams, user_text
 
     assert user_text([("Heat", 4.0), ("Up", None)]) == "Heat (4); Up" and user_text([]) == "no history"
     tuner = EncoderFinetuner(tiny_bert, FinetuneParams(epochs=8, lr=3e-3, batch_size=8, seed=0))
@@ -162,7 +163,7 @@ def test_mse_refuses_data_without_ratings(tmp_path, capsys):
 
 def test_efficientnet_features_separate_genres_and_tolerate_bad_files(tmp_path):
     from mmrec_gen.data.synthetic import generate_synthetic
-    from mmrec_gen.models.image_features import image_features, load_efficientnet_lite0
+    from mmrec_gen.features.image_features import image_features, load_efficientnet_lite0
 
     data = generate_synthetic(tmp_path / "img", num_users=5, num_items=16, seed=1, with_images=True)
     items = [json.loads(line) for line in (data / "items.jsonl").read_text().splitlines()]

@@ -9,8 +9,8 @@ import pytest
 
 from mmrec_gen.cli import main
 from mmrec_gen.eval.metrics import ranking_metrics
-from mmrec_gen.models.popularity import PopularityModel
-from mmrec_gen.rank.baselines import PopConfig, SASRecConfig, ranking_from_scores, run_baseline, training_view
+from mmrec_gen.recsys.baselines import PopConfig, SASRecConfig, ranking_from_scores, run_baseline, training_view
+from mmrec_gen.recsys.popularity import PopularityModel
 
 SASREC_FAST = dict(hidden=32, epochs=40, lr=1e-2, dropout=0.1, eval_every=5, patience=3, max_len=20, batch_size=64)
 
@@ -93,7 +93,7 @@ def test_valid_split_monitors_the_last_train_item_never_the_target(cycle_runs):
 
 
 def test_a_user_that_cannot_be_scored_becomes_an_error_row(cycle_runs, monkeypatch):
-    from mmrec_gen.models import popularity
+    from mmrec_gen.recsys import popularity
 
     root, _, _, common = cycle_runs
     real = popularity.PopularityModel.scores

@@ -22,15 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from mmrec_gen.data.errors import DataFormatError
+from mmrec_gen.data.files import atomic_write
 from mmrec_gen.data.schema import CandidateFile, CandidateRow, Dataset
 from mmrec_gen.data.seeding import rng_for
 from mmrec_gen.data.split import SplitResult, id_sort_key
@@ -136,17 +135,8 @@ def write_candidate_file(
         )
     lines = [_canonical({**header, "content_hash": content_hash})]
     lines += [_canonical(_row_dict(row)) for row in rows]
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)  # atomic: readers see the whole file or none
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as handle:  # readers see the whole file or none
+        handle.write("\n".join(lines) + "\n")
     logger.info("wrote candidate file %s (%d users)", path, len(rows))
     return CandidateFile(str(path.resolve()), content_hash, dataset, split, int(seed), int(num_candidates), list(rows))
 

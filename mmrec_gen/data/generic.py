@@ -18,6 +18,7 @@ import pandas as pd
 
 from mmrec_gen.data.columns import RawDataset, RawTable, id_to_str, parse_ids, parse_numbers, require_columns
 from mmrec_gen.data.errors import DataFormatError
+from mmrec_gen.data.files import JSONLineError, iter_jsonl
 from mmrec_gen.data.schema import Item
 
 GENERIC_SUFFIXES = (".jsonl", ".parquet")
@@ -39,24 +40,19 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[str], np.ndarray]:
     records: list[dict] = []
     positions: list[int] = []
     columns: dict[str, None] = {}  # insertion-ordered union of keys, for the "columns found" message
-    with path.open(encoding="utf-8-sig") as handle:  # tolerate a byte-order mark
-        for n, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(
-                    f"{path}: line {n} is not valid JSON ({exc.msg}). Fix: correct that line."
-                ) from exc
-            if not isinstance(record, dict):
-                raise DataFormatError(
-                    f"{path}: line {n} holds a JSON {type(record).__name__}, expected an object. "
-                    "Fix: correct that line."
-                )
+    try:
+        for n, record in iter_jsonl(path, encoding="utf-8-sig"):  # utf-8-sig: tolerate a byte-order mark
             records.append(record)
             positions.append(n)
             columns.update(dict.fromkeys(record))
+    except JSONLineError as err:
+        if err.not_json:
+            raise DataFormatError(
+                f"{path}: line {err.line_no} is not valid JSON ({err.problem}). Fix: correct that line."
+            ) from err
+        raise DataFormatError(
+            f"{path}: line {err.line_no} holds a JSON {err.got}, expected an object. Fix: correct that line."
+        ) from err
     return records, list(columns), np.asarray(positions, dtype=np.int64)
 
 

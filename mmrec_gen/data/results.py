@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import IO, Any
+
+from mmrec_gen.data.files import JSONLineError, atomic_write, iter_jsonl
 
 
 def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -21,24 +21,19 @@ def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     Raises ValueError naming the file and the 1-based line number when a line is not a JSON object.
     """
-    path = Path(path)
     rows: list[dict[str, Any]] = []
-    with path.open("r", encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno}); the file is corrupt or was "
-                    f"cut off mid-write: re-run the command that wrote it, or delete that line"
-                ) from None
-            if not isinstance(row, dict):
-                raise ValueError(
-                    f"{path}:{line_no}: expected a JSON object (one result row per line), got {type(row).__name__}"
-                )
+    try:
+        for _, row in iter_jsonl(path):
             rows.append(row)
+    except JSONLineError as err:
+        if err.not_json:
+            raise ValueError(
+                f"{err.path}:{err.line_no}: not valid JSON ({err.problem} at column {err.column}); the file is corrupt or was "
+                f"cut off mid-write: re-run the command that wrote it, or delete that line"
+            ) from None
+        raise ValueError(
+            f"{err.path}:{err.line_no}: expected a JSON object (one result row per line), got {err.got}"
+        ) from None
     return rows
 
 
@@ -48,23 +43,9 @@ def _dumps(row: dict[str, Any]) -> str:
 
 def write_results(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
     """Write `rows` as JSONL atomically: a temp file in the target folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(_dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Never leave the temp file behind, whatever stopped the write.
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as fh:
+        for row in rows:
+            fh.write(_dumps(row) + "\n")
 
 
 def append_result(fh: IO[str], row: dict[str, Any]) -> None:

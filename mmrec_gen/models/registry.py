@@ -1,40 +1,31 @@
 """Model registry: names map to lazy "module:function" loaders; anything else is an HF model id or local path.
 
-A loader returns a `LoadedModel` (defined in `models/types.py`, which the loaders import too: no cycle). Dispatch is by exact registered name only (never by substrings of a path).
+A loader returns a `LoadedModel` (defined in `models/types.py`, which the loaders import too: no cycle).
+Dispatch is by exact registered name only (never by substrings of a path).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from mmrec_gen.data.registry import Entry, Registry
 from mmrec_gen.models.types import LoadedModel
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    target: str  # "module:function" called as function(dtype=...) -> LoadedModel
-    description: str
-
-
-_REGISTRY: dict[str, ModelSpec] = {}
+MODELS = Registry("model name")
 
 
 def register_model(name: str, target: str, description: str) -> None:
-    if name in _REGISTRY:
-        raise ValueError(f"model name {name!r} is already registered (as {_REGISTRY[name].target})")
-    _REGISTRY[name] = ModelSpec(name, target, description)
+    """`target` is "module:function", called as function(dtype=..., **from_pretrained_kwargs) -> LoadedModel."""
+    MODELS.register(name, target, description)
 
 
-def registered_models() -> dict[str, ModelSpec]:
-    return dict(_REGISTRY)
+def registered_models() -> dict[str, Entry]:
+    return MODELS.entries()
 
 
 register_model(
@@ -54,23 +45,17 @@ register_model(
 )
 
 
-def _resolve(target: str) -> Callable[..., LoadedModel]:
-    module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
-
-
 def load_model(name_or_path: str, *, dtype: str = "auto", **from_pretrained_kwargs) -> LoadedModel:
     """Load a registered model by name, or any HF model id / local folder through AutoModelForCausalLM.
 
     Extra keyword arguments (for example a QLoRA `quantization_config`) go to `from_pretrained`.
     """
-    spec = _REGISTRY.get(name_or_path)
-    if spec is not None:
-        return _resolve(spec.target)(dtype=dtype, **from_pretrained_kwargs)
+    if name_or_path in MODELS:
+        return MODELS.resolve(name_or_path)(dtype=dtype, **from_pretrained_kwargs)
     from mmrec_gen.models.loading import load_hf_causal_lm
 
     if not Path(name_or_path).exists() and "/" not in name_or_path:
-        known = ", ".join(sorted(_REGISTRY))
+        known = ", ".join(MODELS.names())
         raise ValueError(
             f"unknown model {name_or_path!r}: not a registered name ({known}), not an existing folder, "
             "and not an HF id of the form owner/name"

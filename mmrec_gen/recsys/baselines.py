@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mmrec_gen.data.data_args import EvalDataArguments, check_positive
 from mmrec_gen.data.inputs import RunInputs, prepare_inputs, run_meta
 from mmrec_gen.data.schema import CandidateRow, Interaction
 from mmrec_gen.data.split import SplitResult, id_sort_key
-from mmrec_gen.rank.rank_config import SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -31,39 +31,19 @@ BASELINES = ("pop", "sasrec", "mse")
 ERROR_COUNTERS = {"invalid": 0, "duplicate": 0, "missing": 0, "out_of_candidate": 0, "from_history": 0}
 
 
-@dataclass
-class BaselineConfig:
-    data: str = field(metadata={"help": "Dataset folder (MovieLens 100K/1M/latest or generic JSONL/Parquet)."})
+@dataclass(kw_only=True)
+class BaselineConfig(EvalDataArguments):
+    """The data and candidate options every command shares (--images is read by mse only), plus the output file."""
+
     out: str = field(metadata={"help": "Output JSONL in the `mmrec rank` format (one line per user)."})
-    images: str | None = field(
-        default=None, metadata={"help": "Folder of <item_id>.jpg|png item images (used by mse only)."}
-    )
-    split: str = field(default="test", metadata={"help": "Evaluation split: valid or test."})
-    num_candidates: int = field(default=20, metadata={"help": "Candidates per user (target + negatives)."})
-    max_users: int | None = field(default=None, metadata={"help": "Rank only the first N users of the file."})
-    seed: int = field(default=0, metadata={"help": "Global seed (candidate file and training)."})
-    candidates: str | None = field(
-        default=None, metadata={"help": "An existing candidate file to rank (default: built or reused from cache)."}
-    )
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Where candidate files live (default $MMREC_HOME/candidates)."}
-    )
-
-    def __post_init__(self):
-        if self.split not in SPLITS:
-            raise ValueError(f"--split must be valid or test, got {self.split!r}")
-        if self.num_candidates < 2:
-            raise ValueError(f"--num-candidates must be >= 2, got {self.num_candidates}")
-        if self.max_users is not None and self.max_users < 1:
-            raise ValueError(f"--max-users must be >= 1, got {self.max_users}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PopConfig(BaselineConfig):
     pass
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SASRecConfig(BaselineConfig):
     hidden: int = field(default=64, metadata={"help": "Embedding / hidden size."})
     num_blocks: int = field(default=2, metadata={"help": "Self-attention blocks."})
@@ -80,12 +60,10 @@ class SASRecConfig(BaselineConfig):
         super().__post_init__()
         if self.hidden % self.num_heads:
             raise ValueError(f"--hidden ({self.hidden}) must be divisible by --num-heads ({self.num_heads})")
-        for name in ("hidden", "num_blocks", "max_len", "epochs", "batch_size", "eval_every", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_positive(self, "hidden", "num_blocks", "max_len", "epochs", "batch_size", "eval_every", "patience")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MSEConfig(BaselineConfig):
     encoder: str = field(
         default="minilm",
@@ -126,13 +104,11 @@ class MSEConfig(BaselineConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        from mmrec_gen.models.mse_head import FUSIONS
+        from mmrec_gen.recsys.mse_head import FUSIONS
 
         if self.fusion not in FUSIONS:
             raise ValueError(f"--fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
-        for name in ("hidden", "epochs", "batch_size", "patience", "max_length", "finetune_max_ratings"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_positive(self, "hidden", "epochs", "batch_size", "patience", "max_length", "finetune_max_ratings")
 
 
 CONFIGS = {"pop": PopConfig, "sasrec": SASRecConfig, "mse": MSEConfig}
@@ -232,7 +208,7 @@ def _meta(inputs: RunInputs, model: str, **extra) -> dict:
 
 
 def run_pop(cfg: PopConfig, inputs: RunInputs) -> BaselineRun:
-    from mmrec_gen.models.popularity import PopularityModel
+    from mmrec_gen.recsys.popularity import PopularityModel
 
     fit, _ = training_view(inputs.split_result, cfg.split)
     start = time.perf_counter()
@@ -253,7 +229,7 @@ def run_pop(cfg: PopConfig, inputs: RunInputs) -> BaselineRun:
 
 
 def run_sasrec(cfg: SASRecConfig, inputs: RunInputs) -> BaselineRun:
-    from mmrec_gen.models.sasrec import SASRecParams, SASRecRecommender
+    from mmrec_gen.recsys.sasrec import SASRecParams, SASRecRecommender
 
     params = SASRecParams(
         hidden=cfg.hidden, num_blocks=cfg.num_blocks, num_heads=cfg.num_heads, dropout=cfg.dropout,
@@ -286,7 +262,7 @@ def run_mse(cfg: MSEConfig, inputs: RunInputs) -> BaselineRun:
     """Frozen embeddings + MLP (default), or the fine-tuned encoder itself with --finetune-encoder."""
     import numpy as np
 
-    from mmrec_gen.models.mse_head import RatingScale
+    from mmrec_gen.recsys.mse_head import RatingScale
 
     ds, users = inputs.dataset, inputs.split_result.users
     known = ds.interactions["rating"].dropna()
@@ -307,20 +283,22 @@ def run_mse(cfg: MSEConfig, inputs: RunInputs) -> BaselineRun:
         if cfg.images:
             logger.warning("--images: --finetune-encoder tunes a text encoder; item images are not used")
         return _run_mse_finetune(cfg, inputs, scale, fit, monitor, extra_meta)
-    from mmrec_gen.models.encoders import cached_embeddings, load_text_encoder
-    from mmrec_gen.models.mse_head import MSEHead, MSEHeadParams, RatingRows, item_text
+    from mmrec_gen.features.text_encoders import item_text_embeddings
+    from mmrec_gen.recsys.mse_head import MSEHead, MSEHeadParams, RatingRows
 
     item_ids = sorted(ds.items, key=id_sort_key)
     index = {item: k for k, item in enumerate(item_ids)}
-    encoder = load_text_encoder(cfg.encoder, llm_model=cfg.llm_model, max_length=cfg.max_length)
+    encoder = _text_encoder(cfg)
     start = time.perf_counter()
-    texts = [item_text(ds.items[i], cfg.max_text_chars) for i in item_ids]
     blocks = [
-        cached_embeddings(encoder, item_ids, texts, cache_dir=cfg.embeddings_dir, batch_size=cfg.encode_batch_size)
-    ]
+        item_text_embeddings(
+            [ds.items[i] for i in item_ids], encoder, max_text_chars=cfg.max_text_chars,
+            cache_dir=cfg.embeddings_dir, batch_size=cfg.encode_batch_size,
+        )
+    ]  # fmt: skip
     model_name = f"mse-{encoder.name}"
     if cfg.images:
-        from mmrec_gen.models.image_features import cached_image_features
+        from mmrec_gen.features.image_features import cached_image_features
 
         blocks.append(
             cached_image_features(cfg.image_encoder, ds, item_ids, size=cfg.image_size, cache_dir=cfg.embeddings_dir)
@@ -370,10 +348,21 @@ def run_mse(cfg: MSEConfig, inputs: RunInputs) -> BaselineRun:
     return BaselineRun(rows, train_s, time.perf_counter() - start, info)
 
 
+def _text_encoder(cfg: MSEConfig):
+    """--encoder llm pools a registered LLM's hidden states (models/); any other name is a features/ encoder."""
+    if cfg.encoder == "llm":
+        from mmrec_gen.models.llm_encoder import load_llm_encoder
+
+        return load_llm_encoder(llm_model=cfg.llm_model, max_length=cfg.max_length)
+    from mmrec_gen.features.text_encoders import load_text_encoder
+
+    return load_text_encoder(cfg.encoder, max_length=cfg.max_length)
+
+
 def _run_mse_finetune(cfg, inputs, scale, fit, monitor, extra_meta) -> BaselineRun:
     """--finetune-encoder: AutoModelForSequenceClassification(num_labels=1) on (history text, item text) pairs."""
-    from mmrec_gen.models.mse_finetune import EncoderFinetuner, FinetuneParams, user_text
-    from mmrec_gen.models.mse_head import item_text
+    from mmrec_gen.features.text_encoders import item_text
+    from mmrec_gen.recsys.mse_finetune import EncoderFinetuner, FinetuneParams, user_text
 
     ds, users = inputs.dataset, inputs.split_result.users
     params = FinetuneParams(

@@ -48,7 +48,7 @@ def finetune_source(encoder: str) -> str:
     from pathlib import Path
 
     if encoder == "minilm":
-        from mmrec_gen.models.encoders import minilm_dir
+        from mmrec_gen.features.text_encoders import minilm_dir
 
         return str(minilm_dir())
     if encoder == "llm":

@@ -30,18 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmrec_gen.data.schema import Item
 from mmrec_gen.data.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
 FUSIONS = ("concat", "weighted")
-
-
-def item_text(item: Item, max_chars: int = 300) -> str:
-    """`Title. genres: ...; year: ...` (fields sorted by name), each field cut to `max_chars` characters."""
-    fields = [f"{key}: {str(value)[:max_chars]}" for key, value in sorted(item.fields.items()) if value]
-    return item.title[:max_chars] + (". " + "; ".join(fields) if fields else "")
 
 
 @dataclass(frozen=True)

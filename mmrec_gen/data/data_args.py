@@ -1,0 +1,66 @@
+"""Argument dataclasses every command combines (TRL's ScriptArguments / ModelConfig pattern): each option and its
+check is declared once. A command's config inherits the groups it needs, e.g.
+`class RankConfig(RankingArguments, PromptArguments, ModelArguments, EvalDataArguments)`; HfArgumentParser turns
+every field into a flag (see `mmrec_gen/cli_args.py`).
+
+All groups are `kw_only`, so required fields (`data`, `out`) may live in any group, and each `__post_init__` runs
+its checks and then calls the next one in the MRO, so a combined config runs every group's checks once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SPLITS = ("valid", "test")
+
+
+@dataclass(kw_only=True)
+class Arguments:
+    """Root of the argument groups: ends the cooperative `__post_init__` chain (or hands it on, e.g. to TRL)."""
+
+    def __post_init__(self):
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+
+
+def check_positive(cfg, *names: str) -> None:
+    """Raise `--name must be >= 1` for the first of `names` whose value is below 1."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+@dataclass(kw_only=True)
+class DataArguments(Arguments):
+    data: str = field(metadata={"help": "Dataset folder (MovieLens 100K/1M/latest or generic JSONL/Parquet)."})
+    images: str | None = field(default=None, metadata={"help": "Folder of <item_id>.jpg|png item images."})
+    num_candidates: int = field(default=20, metadata={"help": "Candidates per user (target + negatives)."})
+    max_users: int | None = field(default=None, metadata={"help": "Use only the first N users (by user id)."})
+    seed: int = field(default=0, metadata={"help": "Global seed; per-user seeds derive from (seed, user id)."})
+
+    def __post_init__(self):
+        if self.num_candidates < 2:
+            raise ValueError(f"--num-candidates must be >= 2, got {self.num_candidates}")
+        check_positive(self, "max_users")
+        super().__post_init__()
+
+
+@dataclass(kw_only=True)
+class EvalDataArguments(DataArguments):
+    """Which users and candidate lists a ranking run (LLM or classic recommender) evaluates."""
+
+    split: str = field(default="test", metadata={"help": "Evaluation split: valid or test."})
+    candidates: str | None = field(
+        default=None,
+        metadata={"help": "An existing candidate file to rank (default: built or reused from the cache)."},
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where candidate files live (default $MMREC_HOME/candidates)."}
+    )
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"--split must be valid or test, got {self.split!r}")
+        super().__post_init__()

@@ -1,0 +1,56 @@
+"""The one atomic file writer and the one JSONL reader that every file format of the toolkit goes through."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], *, binary: bool = False) -> Iterator[IO]:
+    """Write to a temp file in `path`'s folder, fsync, then rename it over `path`: a killed run never leaves a
+    half-written file under the final name, and the temp file is removed whatever stopped the write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class JSONLineError(ValueError):
+    """A line of a JSONL file that is not a JSON object; callers turn it into their format's own message."""
+
+    def __init__(
+        self, path: Path, line_no: int, problem: str, not_json: bool, got: str | None = None, column: int = 0
+    ) -> None:
+        super().__init__(f"{path}:{line_no}: {problem}")
+        self.path, self.line_no, self.problem, self.not_json = path, line_no, problem, not_json
+        self.got, self.column = got, column  # the JSON type found instead of an object; the column of a JSON error
+
+
+def iter_jsonl(path: str | os.PathLike[str], *, encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
+    """(1-based line number, object) for every non-blank line; raises JSONLineError on the first bad line."""
+    path = Path(path)
+    with path.open(encoding=encoding) as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise JSONLineError(path, line_no, exc.msg, True, column=exc.colno) from exc
+            if not isinstance(obj, dict):
+                raise JSONLineError(path, line_no, "not a JSON object", False, type(obj).__name__)
+            yield line_no, obj
