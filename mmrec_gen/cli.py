@@ -26,7 +26,7 @@ commands:
 """
 
 
-def _setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         print(f"mmrec: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    _setup_logging()
+    setup_logging()
     try:
         return command(argv[1:])
     except (ValueError, KeyError, FileNotFoundError) as exc:

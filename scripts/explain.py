@@ -11,21 +11,18 @@ import sys
 
 
 def make_parser():
-    from transformers import HfArgumentParser
-
+    from mmrec_gen.cli_args import make_parser as config_parser
     from mmrec_gen.rank.rank_config import ExplainConfig
 
-    return HfArgumentParser(ExplainConfig, prog="explain.py", description=__doc__.split("\n\n")[0])
+    return config_parser(ExplainConfig, "explain.py", __doc__.split("\n\n")[0])
 
 
 def main(cfg) -> int:
-    from mmrec_gen.cli import _setup_logging, explain_and_report
+    from mmrec_gen.cli import explain_and_report, setup_logging
 
-    _setup_logging()
+    setup_logging()
     return explain_and_report(cfg)
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    cfg, *_ = make_parser().parse_args_into_dataclasses(args=args)
-    raise SystemExit(main(cfg))
+    raise SystemExit(main(make_parser().parse_config(sys.argv[1:])))

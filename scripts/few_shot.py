@@ -11,23 +11,20 @@ import sys
 
 
 def make_parser():
-    from transformers import HfArgumentParser
-
+    from mmrec_gen.cli_args import make_parser as config_parser
     from mmrec_gen.rank.rank_config import RankConfig
 
-    return HfArgumentParser(RankConfig, prog="few_shot.py", description=__doc__.split("\n\n")[0])
+    parser = config_parser(RankConfig, "few_shot.py", __doc__.split("\n\n")[0])
+    parser.set_defaults(shots=2)  # a --shots flag or a `shots:` line of --config still wins
+    return parser
 
 
 def main(cfg) -> int:
-    from mmrec_gen.cli import _setup_logging, rank_and_report
+    from mmrec_gen.cli import rank_and_report, setup_logging
 
-    _setup_logging()
+    setup_logging()
     return rank_and_report(cfg)
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if not any(a.startswith("--shots") for a in args):
-        args += ["--shots", "2"]
-    cfg, *_ = make_parser().parse_args_into_dataclasses(args=args)
-    raise SystemExit(main(cfg))
+    raise SystemExit(main(make_parser().parse_config(sys.argv[1:])))

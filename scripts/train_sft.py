@@ -9,20 +9,20 @@ from __future__ import annotations
 import sys
 
 
-def parse(argv):
-    from mmrec_gen.cli_args import parse_config
+def make_parser():
+    from mmrec_gen.cli_args import make_parser as config_parser
     from mmrec_gen.train.config import SFTTrainConfig
 
-    return parse_config(SFTTrainConfig, argv, "train_sft.py", __doc__.split("\n\n")[0])
+    return config_parser(SFTTrainConfig, "train_sft.py", __doc__.split("\n\n")[0])
 
 
 def main(cfg) -> int:
-    from mmrec_gen.cli import _setup_logging
+    from mmrec_gen.cli import setup_logging
     from mmrec_gen.cli_train import train_and_report
 
-    _setup_logging()
+    setup_logging()
     return train_and_report("sft", cfg)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse(sys.argv[1:])))
+    raise SystemExit(main(make_parser().parse_config(sys.argv[1:])))

@@ -9,21 +9,18 @@ import sys
 
 
 def make_parser():
-    from transformers import HfArgumentParser
-
+    from mmrec_gen.cli_args import make_parser as config_parser
     from mmrec_gen.rank.rank_config import RankConfig
 
-    return HfArgumentParser(RankConfig, prog="zero_shot.py", description=__doc__.split("\n\n")[0])
+    return config_parser(RankConfig, "zero_shot.py", __doc__.split("\n\n")[0])
 
 
 def main(cfg) -> int:
-    from mmrec_gen.cli import _setup_logging, rank_and_report
+    from mmrec_gen.cli import rank_and_report, setup_logging
 
-    _setup_logging()
+    setup_logging()
     return rank_and_report(cfg)
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    cfg, *_ = make_parser().parse_args_into_dataclasses(args=args)
-    raise SystemExit(main(cfg))
+    raise SystemExit(main(make_parser().parse_config(sys.argv[1:])))

@@ -35,3 +35,49 @@ def test_validation_errors_name_the_flag(flags, message, capsys):
     with pytest.raises(SystemExit):
         parse_config(RankConfig, ["--data", "d", "--out", "o", *flags], "mmrec rank", "")
     assert message in capsys.readouterr().err
+
+
+def _parse_with_yaml(tmp_path, text, flags=()):
+    cfg_file = tmp_path / "rank.yaml"
+    cfg_file.write_text(text)
+    return parse_config(RankConfig, [*flags, "--config", str(cfg_file)], "mmrec rank", "")
+
+
+def test_config_with_equals_sign_is_applied(tmp_path):
+    cfg_file = tmp_path / "rank.yaml"
+    cfg_file.write_text("data: /d\nout: o.jsonl\nmode: constrained\n")
+    cfg = parse_config(RankConfig, [f"--config={cfg_file}"], "mmrec rank", "")
+    assert (cfg.data, cfg.out, cfg.mode) == ("/d", "o.jsonl", "constrained")
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "message"),
+    [
+        ("data: /d\nout: o\nmax_u: 2\n", (), "rank.yaml:3: unknown option 'max_u'"),
+        ("data: /d\nout: o\nfoo_bar:\n", (), "rank.yaml:3: unknown option 'foo_bar'"),
+        ("data: /d\nout: o\nmax_users:\n", (), "rank.yaml:3: option 'max_users' has no value"),
+        ("data: /d\nout: [o\nmode: score\n", (), "rank.yaml:3: not valid YAML"),
+        ("data: /d\nout: o\n", ("--max-u", "2"), "['--max-u', '2']"),
+    ],
+)
+def test_bad_config_input_is_refused_with_file_and_line(tmp_path, capsys, text, flags, message):
+    with pytest.raises(SystemExit):
+        _parse_with_yaml(tmp_path, text, flags)
+    assert message in capsys.readouterr().err
+
+
+def test_abbreviated_flag_is_refused_and_full_flag_works(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(RankConfig, ["--data", "d", "--out", "o", "--max-u", "2"], "mmrec rank", "")
+    assert "--max-u" in capsys.readouterr().err
+    assert parse_config(RankConfig, ["--data", "d", "--out", "o", "--max-users", "2"], "mmrec rank", "").max_users == 2
+
+
+def test_train_yaml_prefix_of_an_option_is_refused(tmp_path, capsys):
+    from mmrec_gen.train.config import SFTTrainConfig
+
+    cfg_file = tmp_path / "sft.yaml"
+    cfg_file.write_text("data: /d\noutput_dir: o\nlearning_rat: 0.1\n")
+    with pytest.raises(SystemExit):
+        parse_config(SFTTrainConfig, ["--config", str(cfg_file)], "mmrec train sft", "")
+    assert "unknown option 'learning_rat'" in capsys.readouterr().err

@@ -1,47 +1,24 @@
 """Typed configs behind `mmrec rank` / scripts/zero_shot.py / scripts/few_shot.py (RankConfig) and
-`mmrec explain` / scripts/explain.py (ExplainConfig). Both share RunConfig: data, candidates, model, batching."""
+`mmrec explain` / scripts/explain.py (ExplainConfig). Both share RunConfig, built from the shared argument groups (data/data_args.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mmrec_gen.data.data_args import EvalDataArguments, check_positive
+from mmrec_gen.models.model_args import ModelArguments
+from mmrec_gen.prompting.prompt_args import PromptArguments
+
 MODES = ("score", "constrained", "generate")
-SPLITS = ("valid", "test")
 
 
-@dataclass
-class RunConfig:
-    data: str = field(metadata={"help": "Dataset folder (MovieLens 100K/1M/latest or generic JSONL/Parquet)."})
+@dataclass(kw_only=True)
+class RunConfig(PromptArguments, ModelArguments, EvalDataArguments):
+    """What rank and explain share: data and candidates, the model, prompt budgets, batching."""
+
     out: str = field(metadata={"help": "Output JSONL: one line per user (see README 'Output format')."})
-    model: str = field(
-        default="smollm2-135m-instruct",
-        metadata={"help": "Registered model name (mmrec models), HF model id or local folder."},
-    )
-    images: str | None = field(default=None, metadata={"help": "Folder of <item_id>.jpg|png item images."})
-    split: str = field(default="test", metadata={"help": "Evaluation split: valid or test."})
-    num_candidates: int = field(default=20, metadata={"help": "Candidates per user (target + negatives)."})
-    max_users: int | None = field(default=None, metadata={"help": "Rank only the first N users (by user id)."})
-    seed: int = field(default=0, metadata={"help": "Global seed; per-user seeds derive from (seed, user id)."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per forward pass (length-sorted batches)."})
     backend: str = field(default="hf", metadata={"help": "Inference backend: hf (transformers)."})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware is fast), bfloat16, float32."})
-    max_model_len: int = field(default=2048, metadata={"help": "Context length: prompt + answer tokens."})
-    max_history: int = field(
-        default=20, metadata={"help": "Most recent history items to show (oldest dropped first)."}
-    )
-    max_text_chars: int = field(
-        default=300, metadata={"help": "Each item text field is cut to this many characters (with an ellipsis)."}
-    )
-    candidates: str | None = field(
-        default=None,
-        metadata={"help": "An existing candidate file to rank (default: built or reused from the cache)."},
-    )
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Where candidate files live (default $MMREC_HOME/candidates)."}
-    )
-    adapter: str | None = field(
-        default=None, metadata={"help": "LoRA adapter folder to apply (the --output-dir of mmrec train sft|dpo)."}
-    )
     merge_adapter: bool = field(
         default=True, metadata={"help": "Merge the adapter into the weights (as fast as the base model)."}
     )
@@ -51,17 +28,11 @@ class RunConfig:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self):
-        if self.split not in SPLITS:
-            raise ValueError(f"--split must be valid or test, got {self.split!r}")
-        if not 2 <= self.num_candidates <= 26:
-            raise ValueError(f"--num-candidates must be between 2 and 26 (labels A-Z), got {self.num_candidates}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_users is not None and self.max_users < 1:
-            raise ValueError(f"--max-users must be >= 1, got {self.max_users}")
+        super().__post_init__()
+        check_positive(self, "batch_size")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RankConfig(RunConfig):
     mode: str = field(
         default="score",
@@ -96,7 +67,7 @@ class RankConfig(RunConfig):
             self.max_new_tokens = 3 * self.num_candidates + 8
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExplainConfig(RunConfig):
     ranking: str | None = field(
         default=None,

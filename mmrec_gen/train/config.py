@@ -10,23 +10,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from mmrec_gen.data.data_args import DataArguments, check_positive
+from mmrec_gen.models.model_args import ModelArguments
+from mmrec_gen.prompting.prompt_args import PromptArguments
+
 TARGETS = ("score", "ranking")
 QUANTIZATION = ("none", "4bit")
 
 
-@dataclass
-class TrainConfig:
-    data: str = field(metadata={"help": "Dataset folder (MovieLens 100K/1M/latest or generic JSONL/Parquet)."})
+@dataclass(kw_only=True)
+class TrainConfig(PromptArguments, ModelArguments, DataArguments):
     output_dir: str = field(metadata={"help": "Where checkpoints, the adapter and train_summary.json go."})
-    model: str = field(
-        default="smollm2-135m-instruct",
-        metadata={"help": "Base model: registered name (mmrec models), HF model id or local folder."},
-    )
-    adapter: str | None = field(
-        default=None,
-        metadata={"help": "Start from this LoRA adapter (for DPO: the SFT adapter) instead of a new one."},
-    )
-    images: str | None = field(default=None, metadata={"help": "Folder of <item_id>.jpg|png item images."})
     template: str = field(default="rank_listwise", metadata={"help": "Rank template id (the one used at inference)."})
     target: str = field(
         default="score",
@@ -46,16 +40,9 @@ class TrainConfig:
             "full-sequence logits. Ignored (TRL is used) for --target ranking or --explanations."
         },
     )
-    num_candidates: int = field(default=20, metadata={"help": "Candidates per example (answer + negatives)."})
     windows_per_user: int = field(default=1, metadata={"help": "Examples per user (sliding windows, seeded)."})
     min_history: int = field(default=5, metadata={"help": "History items before a window's answer, at least."})
     max_examples: int | None = field(default=None, metadata={"help": "Keep a seeded subset of this many examples."})
-    max_users: int | None = field(default=None, metadata={"help": "Use only the first N users (by user id)."})
-    seed: int = field(default=0, metadata={"help": "Seed of windows, negatives, shuffling and initialisation."})
-    max_model_len: int = field(default=2048, metadata={"help": "Context length: prompt + answer tokens."})
-    max_history: int = field(default=20, metadata={"help": "Most recent history items to show."})
-    max_text_chars: int = field(default=300, metadata={"help": "Each item text field is cut to this many characters."})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware is fast), bfloat16, float32."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -91,36 +78,36 @@ class TrainConfig:
         default=True, metadata={"help": "Continue from the last checkpoint in --output-dir when there is one."}
     )
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    seed: int = field(default=0, metadata={"help": "Seed of windows, negatives, shuffling and initialisation."})
 
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.quantization not in QUANTIZATION:
             raise ValueError(f"--quantization must be one of {', '.join(QUANTIZATION)}, got {self.quantization!r}")
-        if not 2 <= self.num_candidates <= 26:
-            raise ValueError(f"--num-candidates must be between 2 and 26 (labels A-Z), got {self.num_candidates}")
         if self.lora_r < 1:
             raise ValueError(f"--lora-r must be >= 1, got {self.lora_r}")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "windows_per_user"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_positive(
+            self, "per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "windows_per_user"
+        )
+        super().__post_init__()
 
     @property
     def uses_fast_path(self) -> bool:
         return self.fast and self.target == "score" and not self.explanations
 
     def fingerprint(self) -> dict:
-        """The fields that decide what a run computes; a resumed run must match them (R9)."""
+        """The fields that decide what a run computes; a resumed run must match them (else it would mix two runs)."""
         skip = {"resume", "progress", "logging_steps", "save_total_limit"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SFTTrainConfig(TrainConfig):
     pass
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DPOTrainConfig(TrainConfig):
     beta: float = field(default=0.1, metadata={"help": "DPO beta (strength of the pull to the reference)."})
     num_negatives: int = field(

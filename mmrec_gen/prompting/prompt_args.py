@@ -1,0 +1,27 @@
+"""Prompt-building options shared by rank, explain and train, so training budgets prompts exactly as inference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmrec_gen.data.data_args import Arguments
+
+MAX_LABELS = 26  # candidate labels are the letters A-Z
+
+
+@dataclass(kw_only=True)
+class PromptArguments(Arguments):
+    max_model_len: int = field(default=2048, metadata={"help": "Context length: prompt + answer tokens."})
+    max_history: int = field(
+        default=20, metadata={"help": "Most recent history items to show (oldest dropped first)."}
+    )
+    max_text_chars: int = field(
+        default=300, metadata={"help": "Each item text field is cut to this many characters (with an ellipsis)."}
+    )
+
+    def __post_init__(self):
+        # Every prompt labels its candidates with one letter each.
+        num_candidates = getattr(self, "num_candidates", None)
+        if num_candidates is not None and not 2 <= num_candidates <= MAX_LABELS:
+            raise ValueError(f"--num-candidates must be between 2 and 26 (labels A-Z), got {num_candidates}")
+        super().__post_init__()
