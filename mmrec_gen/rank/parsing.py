@@ -51,6 +51,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mmrec_gen.rank.titles import front_article, strip_year
+
 logger = logging.getLogger(__name__)
 
 MAX_SCAN_CHARS = 4000
@@ -69,9 +71,7 @@ _CONFUSABLES = str.maketrans(
 _INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\x00-\x08\x0b-\x1f\x7f]")
 _MASK = "\x00"  # replaces matched spans so later passes do not re-read them; NUL is removed from input first
 _WORD = re.compile(r"[^\W_]+")
-_YEAR = re.compile(r"\s*\(\s*\d{4}\s*\)\s*$")
 _ANY_YEAR = re.compile(r"\(\s*\d{4}\s*\)")
-_TRAILING_ARTICLE = re.compile(r"^(?P<rest>.+), (?P<art>The|A|An|Les|La|Le|L'|Il|Das|Der|Die|El)$", re.IGNORECASE)
 _LIST_MARKER = re.compile(r"^[ \t]*(?:(?:\d{1,3}|[ivx]{1,4})[.)]|[-*•+])[ \t]+(?=\S)", re.MULTILINE)
 _POSITION = re.compile(
     r"(?i)\b(?:item|candidate|option|movie|film|choice|no\.)[ \t]*#?[ \t]*(\d{1,4})\b"
@@ -127,12 +127,8 @@ def normalize_text(text: str) -> str:
 def _title_variants(title: str) -> set[str]:
     base = normalize_text(title).strip()
     variants = {base}
-    no_year = _YEAR.sub("", base).strip()
-    variants.add(no_year)
-    for v in list(variants):
-        m = _TRAILING_ARTICLE.match(v)
-        if m:
-            variants.add(f"{m['art']} {m['rest']}")
+    variants.add(strip_year(base))
+    variants |= {front_article(v) for v in variants}
     return {v for v in variants if len(v) >= 3}
 
 

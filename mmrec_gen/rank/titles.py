@@ -1,22 +1,32 @@
-"""Title normalisation shared by explanation checks: case, Unicode form, year suffix, "Matrix, The" articles."""
+"""Title normalisation, the one place for it: the year suffix and "Matrix, The" articles (used by the output
+parser's title matching), and normalize_title (case, Unicode form; used by explanation checks)."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 
-_YEAR = re.compile(r"\s*\(\d{4}(?:[-–]\d{0,4})?\)\s*$")
-_TRAILING_ARTICLE = re.compile(r"^(?P<rest>.+),\s*(?P<art>the|a|an|les|la|le|il|el|die|der|das)$", re.IGNORECASE)
+# "(1999)", "( 1999 )", "(1999-2003)", "(1999–)": the year suffix of MovieLens-style titles.
+YEAR_SUFFIX = re.compile(r"\s*\(\s*\d{4}(?:\s*[-–]\s*\d{0,4})?\s*\)\s*$")
+# "Matrix, The" -> "The Matrix" (MovieLens moves leading articles to the end).
+TRAILING_ARTICLE = re.compile(r"^(?P<rest>.+),\s*(?P<art>the|a|an|les|la|le|l'|il|el|die|der|das)$", re.IGNORECASE)
 _NON_WORD = re.compile(r"[^\w]+")
+
+
+def strip_year(title: str) -> str:
+    return YEAR_SUFFIX.sub("", title).strip()
+
+
+def front_article(title: str) -> str:
+    """'Matrix, The' -> 'The Matrix'; other titles unchanged."""
+    match = TRAILING_ARTICLE.match(title)
+    return f"{match['art']} {match['rest']}" if match else title
 
 
 def normalize_title(title: str) -> str:
     """'Matrix, The (1999)' -> 'the matrix'; punctuation and case removed, spaces collapsed."""
     text = unicodedata.normalize("NFKC", title).strip()
-    text = _YEAR.sub("", text)
-    match = _TRAILING_ARTICLE.match(text)
-    if match:
-        text = f"{match['art']} {match['rest']}"
+    text = front_article(strip_year(text))
     return _NON_WORD.sub(" ", text.lower()).strip()
 
 
