@@ -123,3 +123,23 @@ def test_cli_rejects_unknown_baselines_and_bad_options(cycle_runs, capsys):
         main(["baseline", "pop", "--data", common["data"], "--out", "x.jsonl", "--split", "train"])
     assert "--split must be valid or test" in capsys.readouterr().err
     assert main(["baseline"]) == 2 and "pop,sasrec,mse" in capsys.readouterr().out
+
+
+def test_sasrec_item_embeddings_follow_the_given_item_order():
+    import numpy as np
+
+    from mmrec_gen.features.cache import aligned
+    from mmrec_gen.recsys.sasrec import SASRecParams, SASRecRecommender
+
+    rec = SASRecRecommender(["i2", "i0", "i1"], SASRecParams(hidden=8, epochs=1, seed=0))
+    rec.fit({"u0": ["i0", "i1", "i2", "i0"], "u1": ["i1", "i2", "i0"]})
+    table = rec.item_embeddings()
+    assert table.shape == (3, 8) and table.dtype == np.float32
+    weight = rec.model.item_emb.weight.detach().numpy()
+    for k, item in enumerate(rec.item_ids):
+        np.testing.assert_array_equal(table[k], weight[rec.index[item]])
+    np.testing.assert_array_equal(aligned(table, rec.item_ids, ["i0", "i1"]), table[[1, 2]])
+    # Scores are dot products with exactly these rows: the table is the one the model ranks with.
+    scores = rec.score([["i0", "i1"]], [["i2", "i0"]])[0]
+    state = rec._last_states([["i0", "i1"]])[0].numpy()
+    np.testing.assert_allclose(scores, [table[0] @ state, table[1] @ state], rtol=1e-5)

@@ -19,7 +19,6 @@ the dataset's rating range, early-stopped on the monitor ratings' RMSE (best wei
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from mmrec_gen.data.seeding import derive_seed
+from mmrec_gen.recsys.early_stopping import EarlyStopping
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,8 @@ class MSEHead:
             raise ValueError("MSE head: no training ratings (does the dataset have a rating column?)")
         gen = torch.Generator().manual_seed(derive_seed(p.seed, "mse-head", "shuffle"))
         optim = torch.optim.Adam(self.model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        best, best_state, bad, start = math.inf, None, 0, time.perf_counter()
+        stopper = EarlyStopping(self.model, patience=p.patience, higher_is_better=False, min_delta=1e-6)
+        start, stop = time.perf_counter(), False
         for epoch in range(1, p.epochs + 1):
             self.model.train()
             order = torch.randperm(len(train), generator=gen)
@@ -217,15 +218,10 @@ class MSEHead:
                 pred = self.predict(profiles, monitor)
                 rmse = float(np.sqrt(np.mean((pred - monitor.ratings.numpy()) ** 2)))
                 record["monitor_rmse_unit"] = rmse
-                if rmse < best - 1e-6:
-                    best, best_state, bad = rmse, copy.deepcopy(self.model.state_dict()), 0
-                else:
-                    bad += 1
+                stop = stopper.step(rmse)
             self.history.append(record)
             logger.info("mse head epoch %d: %s", epoch, record)
-            if bad >= p.patience:
+            if stop:
                 break
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        self.model.eval()
+        stopper.restore()
         return time.perf_counter() - start

@@ -14,7 +14,6 @@ weights are restored.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from mmrec_gen.data.seeding import derive_seed, rng_for
+from mmrec_gen.recsys.early_stopping import EarlyStopping
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,17 @@ class SASRecRecommender:
 
     def __init__(self, item_ids: Sequence[str], params: SASRecParams | None = None) -> None:
         self.params = params or SASRecParams()
-        self.index = {item: i + 1 for i, item in enumerate(item_ids)}
+        self.item_ids = list(item_ids)  # row k of item_embeddings() is item_ids[k]
+        self.index = {item: i + 1 for i, item in enumerate(item_ids)}  # item id -> row of model.item_emb (0: padding)
         torch.manual_seed(derive_seed(self.params.seed, "sasrec", "init"))
         self.model = SASRec(len(self.index), self.params)
         self.history: list[dict[str, float]] = []
+
+    def item_embeddings(self) -> np.ndarray:
+        """The trained item embedding table, (len(item_ids), hidden) float32: row k belongs to `item_ids[k]` (the
+        order given to the constructor); the padding row of `model.item_emb` is left out. A copy, for item tokens or
+        the feature cache (`features.cache.aligned` reorders it to any item order)."""
+        return self.model.item_emb.weight[1:].detach().float().cpu().numpy().copy()
 
     def _encode(self, items: Sequence[str]) -> list[int]:
         return [self.index[i] for i in items]
@@ -109,7 +116,7 @@ class SASRecRecommender:
         positives = torch.tensor([_pad_left(enc[u][1:], p.max_len) for u in users])
         seen = [np.unique(enc[u]) for u in users]
         optim = torch.optim.Adam(self.model.parameters(), lr=p.lr, betas=(0.9, 0.98))
-        best, best_state, bad, start = -1.0, None, 0, time.perf_counter()
+        stopper, start = EarlyStopping(self.model, patience=p.patience, higher_is_better=True), time.perf_counter()
         n_items = len(self.index)
         for epoch in range(1, p.epochs + 1):
             self.model.train()
@@ -137,15 +144,9 @@ class SASRecRecommender:
                 ndcg = self.monitor_ndcg(sequences, monitor)
                 self.history.append({"epoch": epoch, "loss": total / len(users), "monitor_ndcg@10": ndcg})
                 logger.info("sasrec epoch %d: loss %.4f, monitor NDCG@10 %.4f", epoch, total / len(users), ndcg)
-                if ndcg > best:
-                    best, best_state, bad = ndcg, copy.deepcopy(self.model.state_dict()), 0
-                else:
-                    bad += 1
-                    if bad >= p.patience:
-                        break
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        self.model.eval()
+                if stopper.step(ndcg):
+                    break
+        stopper.restore()
         return time.perf_counter() - start
 
     def _negatives(self, rng: np.random.Generator, seen: list[np.ndarray], n_items: int) -> np.ndarray:
