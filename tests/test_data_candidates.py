@@ -8,7 +8,6 @@ import os
 import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from mmrec_gen.data.candidates import (
@@ -18,20 +17,22 @@ from mmrec_gen.data.candidates import (
     write_candidate_file,
 )
 from mmrec_gen.data.errors import DataFormatError
-from mmrec_gen.data.schema import CandidateRow, Dataset, Item
+from mmrec_gen.data.schema import CandidateRow, Dataset
 from mmrec_gen.data.seeding import derive_seed, rng_for
 from mmrec_gen.data.split import split_dataset
 
 NUM_ITEMS = 60
 
 
-def make_dataset(users: dict[str, list[int]], num_items: int = NUM_ITEMS) -> Dataset:
-    """Each user watches the listed item numbers in order (timestamps 1, 2, ...)."""
-    rows = [(u, str(i), t, 4.0) for u, seq in users.items() for t, i in enumerate(seq, start=1)]
-    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"])
-    frame = frame.astype({"user_id": object, "item_id": object, "timestamp": "int64", "rating": "float64"})
-    items = {str(i): Item(str(i), f"Item {i}") for i in range(1, num_items + 1)}
-    return Dataset("toy", "generic", items, frame)
+@pytest.fixture
+def toy_dataset(make_dataset):
+    """toy_dataset(users): each user watches the listed item numbers in order (timestamps 1, 2, ...)."""
+
+    def make(users: dict[str, list[int]], num_items: int = NUM_ITEMS) -> Dataset:
+        rows = [(u, str(i), t, 4.0) for u, seq in users.items() for t, i in enumerate(seq, start=1)]
+        return make_dataset(rows, items=[str(i) for i in range(1, num_items + 1)], name="toy")
+
+    return make
 
 
 USERS = {
@@ -60,8 +61,8 @@ def test_derive_seed_is_pinned_and_key_sensitive() -> None:
 
 
 @pytest.mark.parametrize("split", ["valid", "test"])
-def test_rows_hold_target_and_only_unseen_negatives(split: str) -> None:
-    ds = make_dataset(USERS)
+def test_rows_hold_target_and_only_unseen_negatives(split: str, toy_dataset) -> None:
+    ds = toy_dataset(USERS)
     result = split_dataset(ds)
     rows = build_candidate_rows(ds, result, split, seed=0)
     assert [r.user_id for r in rows] == ["1", "2", "3", "4"]
@@ -78,22 +79,22 @@ def test_rows_hold_target_and_only_unseen_negatives(split: str) -> None:
     assert {r.candidates.index(r.target) for r in rows} != {0}
 
 
-def test_rows_are_deterministic_and_independent_of_other_users() -> None:
-    ds = make_dataset(USERS)
+def test_rows_are_deterministic_and_independent_of_other_users(toy_dataset) -> None:
+    ds = toy_dataset(USERS)
     rows = build_candidate_rows(ds, split_dataset(ds), "test", seed=3)
     assert rows == build_candidate_rows(ds, split_dataset(ds), "test", seed=3)
     # R10: the same user's list does not depend on which other users exist (batching, sharding, order).
     for subset in (["4"], ["3", "1"], ["2", "4", "1"]):
-        small = make_dataset({u: USERS[u] for u in subset})
+        small = toy_dataset({u: USERS[u] for u in subset})
         sub_rows = build_candidate_rows(small, split_dataset(small), "test", seed=3)
         assert {r.user_id: r for r in sub_rows} == {r.user_id: r for r in rows if r.user_id in subset}
     other_seed = build_candidate_rows(ds, split_dataset(ds), "test", seed=4)
     assert [r.candidates for r in other_seed] != [r.candidates for r in rows]
 
 
-def test_negatives_cover_every_eligible_item_over_seeds() -> None:
+def test_negatives_cover_every_eligible_item_over_seeds(toy_dataset) -> None:
     # 60 items, user 2 saw 30: over many seeds every one of the 30 eligible items shows up, no seen one does.
-    ds = make_dataset({"2": USERS["2"]})
+    ds = toy_dataset({"2": USERS["2"]})
     result = split_dataset(ds)
     seen: set[str] = set()
     for seed in range(40):
@@ -102,8 +103,8 @@ def test_negatives_cover_every_eligible_item_over_seeds() -> None:
     assert seen == eligible | {"39"}
 
 
-def test_too_few_eligible_items_names_user_and_fix() -> None:
-    ds = make_dataset({"1": [1, 2, 3], "2": list(range(1, 45))})
+def test_too_few_eligible_items_names_user_and_fix(toy_dataset) -> None:
+    ds = toy_dataset({"1": [1, 2, 3], "2": list(range(1, 45))})
     with pytest.raises(
         DataFormatError, match=r"user 2 has interacted with 44 of 60 items.*lower --num-candidates to at most 17"
     ):
@@ -137,8 +138,8 @@ def test_content_hash_matches_the_documented_definition(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [Path(cf.path).name]  # no temp file left behind
 
 
-def test_get_or_create_writes_once_then_reuses(tmp_path: Path) -> None:
-    ds = make_dataset(USERS)
+def test_get_or_create_writes_once_then_reuses(tmp_path: Path, toy_dataset) -> None:
+    ds = toy_dataset(USERS)
     result = split_dataset(ds)
     first = get_or_create_candidates(ds, result, "test", 0, 20, tmp_path)
     assert re.fullmatch(r"candidates-toy-test-seed0-n20-[0-9a-f]{12}\.jsonl", Path(first.path).name)
@@ -157,8 +158,8 @@ def test_get_or_create_writes_once_then_reuses(tmp_path: Path) -> None:
     assert len(list(tmp_path.iterdir())) == 3
 
 
-def test_edited_file_is_detected(tmp_path: Path) -> None:
-    ds = make_dataset(USERS)
+def test_edited_file_is_detected(tmp_path: Path, toy_dataset) -> None:
+    ds = toy_dataset(USERS)
     cf = get_or_create_candidates(ds, split_dataset(ds), "test", 0, 20, tmp_path)
     path = Path(cf.path)
     original = path.read_text()

@@ -5,21 +5,13 @@ from __future__ import annotations
 import logging
 import math
 
-import pandas as pd
 import pytest
 
-from mmrec_gen.data.schema import Dataset, Interaction, Item
+from mmrec_gen.data.schema import Interaction
 from mmrec_gen.data.split import id_sort_key, sort_ids, split_dataset
 
 
-def make_dataset(rows: list[tuple[str, str, int, float]]) -> Dataset:
-    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"])
-    frame = frame.astype({"user_id": object, "item_id": object, "timestamp": "int64", "rating": "float64"})
-    items = {i: Item(i, f"Title {i}") for i in sorted(set(frame["item_id"]))}
-    return Dataset("hand", "generic", items, frame)
-
-
-def test_split_values_tie_break_order_and_dropped_user(caplog) -> None:
+def test_split_values_tie_break_order_and_dropped_user(caplog, make_dataset) -> None:
     nan = math.nan
     ds = make_dataset(
         [
@@ -52,7 +44,7 @@ def test_split_values_tie_break_order_and_dropped_user(caplog) -> None:
     assert ten.history_and_target("valid") == ((Interaction("6", 100, None),), ten.valid)
 
 
-def test_non_integer_ids_sort_lexicographically() -> None:
+def test_non_integer_ids_sort_lexicographically(make_dataset) -> None:
     ds = make_dataset(
         [("bob", "b", 5, 1.0), ("bob", "a", 5, 1.0), ("bob", "c", 1, 1.0), ("al", "x", 1, 1.0), ("al", "y", 2, 1.0),
          ("al", "z", 3, 1.0), ("10", "x", 1, 1.0), ("10", "y", 1, 1.0), ("10", "z", 1, 1.0)]
@@ -70,7 +62,7 @@ def test_id_sort_key_is_a_total_order_with_integers_first() -> None:
     assert sort_ids(["10", "9", "x"]) == ["10", "9", "x"]
 
 
-def test_min_interactions_is_configurable_and_validated() -> None:
+def test_min_interactions_is_configurable_and_validated(make_dataset) -> None:
     ds = make_dataset(
         [("1", "a", 1, 1.0), ("1", "b", 2, 1.0), ("1", "c", 3, 1.0), ("2", "a", 1, 1.0), ("2", "b", 2, 1.0)]
     )

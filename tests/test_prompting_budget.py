@@ -5,21 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mmrec_gen.data.schema import Item
-from mmrec_gen.models.tiny import build_tiny_tokenizer
 from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder, PromptTooLongError
-
-MM_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>{% else %}{{ block['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
 
 
 def _long_history(n: int, title_chars: int) -> list[HistoryEntry]:
@@ -92,10 +78,8 @@ def test_impossible_budget_raises_prompt_too_long(tokenizer):
     assert "--max-model-len" in str(e) and "fewer candidates" in str(e)
 
 
-def test_image_tokens_count_toward_the_budget_and_images_are_never_cut(tokenizer):
-    tok = build_tiny_tokenizer()
-    tok.add_tokens(["<image>"], special_tokens=True)
-    tok.chat_template = MM_CHAT_TEMPLATE
+def test_image_tokens_count_toward_the_budget_and_images_are_never_cut(mm_tokenizer):
+    tok = mm_tokenizer
     history = [HistoryEntry(Item(f"h{i}", f"Movie {i}", {}, image=f"/img/h{i}.jpg"), 3.0) for i in range(30)]
     cands = [Item(f"c{i}", f"Candidate {i}", {}, image=f"/img/c{i}.jpg") for i in range(5)]
     budget_kw = dict(max_model_len=1200, max_new_tokens=8, max_history=30, use_images=True)

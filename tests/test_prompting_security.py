@@ -6,7 +6,6 @@ import pytest
 from jinja2.exceptions import SecurityError
 
 from mmrec_gen.data.schema import Item
-from mmrec_gen.models.tiny import build_tiny_tokenizer
 from mmrec_gen.prompting.environment import make_environment
 from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder
 from mmrec_gen.prompting.sanitize import ZWSP, neutralize, special_token_strings
@@ -23,32 +22,6 @@ PAYLOADS = [
     "NUL\x00byte",
     RTL,
 ]
-
-MM_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>{% else %}{{ block['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def build_tiny_mm_tokenizer():
-    """The tiny ChatML tokenizer plus an `<image>` special token and a chat template that takes content blocks."""
-    tok = build_tiny_tokenizer()
-    tok.add_tokens(["<image>"], special_tokens=True)
-    tok.chat_template = MM_CHAT_TEMPLATE
-    return tok
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def mm_tokenizer():
-    return build_tiny_mm_tokenizer()
 
 
 def _ids(tok, *tokens):
