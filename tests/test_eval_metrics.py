@@ -1,4 +1,4 @@
-"""Metric values equal hand-computed fixtures (RELIABILITY R13); results files read and write safely."""
+"""Metric values equal hand-computed fixtures (docs/RELIABILITY.md R13); results files read and write safely."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""parse_ranking: every output format, counters, never raising, permutations (RELIABILITY R1, R2)."""
+"""parse_ranking: every output format, counters, never raising, permutations (docs/RELIABILITY.md R1, R2)."""
 
 from __future__ import annotations
 

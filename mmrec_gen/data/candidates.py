@@ -3,7 +3,7 @@
 For each user: the held-out target of the split plus `num_candidates - 1` negatives drawn uniformly without
 replacement from the items the user never interacted with (train, valid or test), then shuffled. The generator is
 `rng_for(seed, "candidates", user_id)`, so a user's list never depends on which other users are present, their
-order, or batching (RELIABILITY R10). The item universe is every item of `ds.items`, sorted by `id_sort_key`.
+order, or batching (docs/RELIABILITY.md R10). The item universe is every item of `ds.items`, sorted by `id_sort_key`.
 
 File format (JSONL, one canonical JSON document per line: sorted keys, no spaces):
 

@@ -1,4 +1,4 @@
-"""Seeds derived from (global seed, keys), never from the order in which work is done (RELIABILITY R10).
+"""Seeds derived from (global seed, keys), never from the order in which work is done (docs/RELIABILITY.md R10).
 
 `derive_seed(seed, "candidates", user_id)` is the same number in every process, on every platform and in every batch
 or worker layout, because it hashes a canonical string form of the keys instead of relying on `hash()` (salted per

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 class PromptTooLongError(ValueError):
-    """The prompt does not fit max_model_len - max_new_tokens even with no history (RELIABILITY.md R4)."""
+    """The prompt does not fit max_model_len - max_new_tokens even with no history (docs/RELIABILITY.md R4)."""
 
     def __init__(self, user_id: str, template_id: str, num_tokens: int, budget: int) -> None:
         self.user_id = user_id
@@ -26,7 +26,7 @@ class PromptTooLongError(ValueError):
 
 
 class PromptFieldError(ValueError):
-    """A template needs a field the record lacks (RELIABILITY.md R6); never rendered as an empty string."""
+    """A template needs a field the record lacks (docs/RELIABILITY.md R6); never rendered as an empty string."""
 
     def __init__(
         self, template_id: str, field: str, user_id: str, record: str | None = None, detail: str = ""

@@ -1,4 +1,4 @@
-"""Candidate labels (A, B, C, ...) and their token ids (RELIABILITY.md R11).
+"""Candidate labels (A, B, C, ...) and their token ids (docs/RELIABILITY.md R11).
 
 The rank templates list candidates as `A. Title`, `B. Title`, ... and the assistant answer starts with a label.
 Score mode reads the next-token logits right after the assistant prefix, so each label must be exactly one token

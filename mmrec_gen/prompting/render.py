@@ -15,7 +15,7 @@ prints where the image goes; the rendered text is split there into content block
 `[{"type": "text", "text": ...}, {"type": "image", "image": path}, ...]`, and every message's content is such a
 list (the form multimodal chat templates expect). Without images, contents are plain strings.
 
-Token budget (RELIABILITY.md R4): tokens(prompt_text) + image_token_count * number of images must be at most
+Token budget (docs/RELIABILITY.md R4): tokens(prompt_text) + image_token_count * number of images must be at most
 max_model_len - max_new_tokens. The image placeholder token itself is counted in the text as well, so the count is
 an upper bound for processors that expand one placeholder into image_token_count tokens. The history starts as the
 `max_history` most recent entries and the oldest are dropped until the prompt fits (a galloping + binary search over

@@ -1,4 +1,4 @@
-"""Neutralize untrusted item text before it enters a prompt (RELIABILITY.md R5).
+"""Neutralize untrusted item text before it enters a prompt (docs/RELIABILITY.md R5).
 
 Item titles, genres and descriptions come from datasets and users, so they may contain anything. The text is
 always passed to templates as a *variable* (never as template source), so `{{7*7}}` or `{% for %}` print

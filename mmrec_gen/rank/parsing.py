@@ -1,4 +1,4 @@
-"""Parse free-text LLM output into a full ranking of the candidates, with error counters (RELIABILITY R1, R2).
+"""Parse free-text LLM output into a full ranking of the candidates, with error counters (docs/RELIABILITY.md R1, R2).
 
 `parse_ranking` never raises and always returns a permutation of the candidates. It does not see the target
 (R2): its output depends only on the text, the candidates and the title lists.
