@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmrec_gen.data.candidates import get_or_create_candidates, load_candidate_file
+from mmrec_gen.data.data_args import EvalDataArguments
 from mmrec_gen.data.loaders import load_dataset
 from mmrec_gen.data.paths import candidates_dir
 from mmrec_gen.data.schema import CandidateFile, Dataset
@@ -54,6 +55,14 @@ def prepare_inputs(
         )
     logger.info("candidates: %s (%d users)", cand.path, len(cand.rows))
     return RunInputs(ds, split_result, cand)
+
+
+def inputs_for(cfg: EvalDataArguments) -> RunInputs:
+    """prepare_inputs with a command's data options (the same for rank, explain and the baselines)."""
+    return prepare_inputs(
+        cfg.data, split=cfg.split, seed=cfg.seed, num_candidates=cfg.num_candidates, images=cfg.images,
+        candidates=cfg.candidates, cache_dir=cfg.cache_dir,
+    )  # fmt: skip
 
 
 def run_meta(inputs: RunInputs, *, model: str, mode: str, template: str, shots: int) -> dict:

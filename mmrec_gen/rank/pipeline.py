@@ -6,7 +6,7 @@ import copy
 import logging
 from dataclasses import replace
 
-from mmrec_gen.data.inputs import RunInputs, prepare_inputs, run_meta
+from mmrec_gen.data.inputs import RunInputs, inputs_for, run_meta
 from mmrec_gen.data.schema import Dataset
 from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder
 from mmrec_gen.rank.fewshot import select_demos
@@ -44,15 +44,7 @@ def build_tasks(
 def _inputs_and_model(cfg: RunConfig, loaded_model):
     from mmrec_gen.models.registry import load_model
 
-    inputs = prepare_inputs(
-        cfg.data,
-        split=cfg.split,
-        seed=cfg.seed,
-        num_candidates=cfg.num_candidates,
-        images=cfg.images,
-        candidates=cfg.candidates,
-        cache_dir=cfg.cache_dir,
-    )
+    inputs = inputs_for(cfg)
     if cfg.images:
         logger.warning("--images: item images are mapped, but %s reads item text only", cfg.model)
     loaded = loaded_model or load_model(cfg.model, dtype=cfg.dtype)

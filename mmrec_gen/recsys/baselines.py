@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mmrec_gen.data.data_args import EvalDataArguments, check_positive
-from mmrec_gen.data.inputs import RunInputs, prepare_inputs, run_meta
+from mmrec_gen.data.inputs import RunInputs, inputs_for, run_meta
 from mmrec_gen.data.schema import CandidateRow, Interaction
 from mmrec_gen.data.split import SplitResult, id_sort_key
 
@@ -194,13 +194,6 @@ def score_rows(
 def _rows_to_rank(inputs: RunInputs, cfg: BaselineConfig) -> list[CandidateRow]:
     rows = inputs.candidate_file.rows
     return rows[: cfg.max_users] if cfg.max_users else rows
-
-
-def _inputs(cfg: BaselineConfig) -> RunInputs:
-    return prepare_inputs(
-        cfg.data, split=cfg.split, seed=cfg.seed, num_candidates=cfg.num_candidates, images=cfg.images,
-        candidates=cfg.candidates, cache_dir=cfg.cache_dir,
-    )  # fmt: skip
 
 
 def _meta(inputs: RunInputs, model: str, **extra) -> dict:
@@ -414,7 +407,7 @@ def run_baseline(name: str, cfg: BaselineConfig) -> BaselineRun:
         raise ValueError(f"unknown baseline {name!r}: choose one of {', '.join(BASELINES)}")
     if not isinstance(cfg, CONFIGS[name]):
         raise ValueError(f"baseline {name!r} needs a {CONFIGS[name].__name__}, got {type(cfg).__name__}")
-    inputs = _inputs(cfg)
+    inputs = inputs_for(cfg)
     if cfg.images and name != "mse":
         logger.warning("--images: %s ignores item images", name)
     if name == "pop":
