@@ -81,3 +81,19 @@ def test_train_yaml_prefix_of_an_option_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_config(SFTTrainConfig, ["--config", str(cfg_file)], "mmrec train sft", "")
     assert "unknown option 'learning_rat'" in capsys.readouterr().err
+
+
+def test_train_configs_extend_trl_and_take_every_training_option():
+    from trl import DPOConfig, SFTConfig
+
+    from mmrec_gen.train.config import DPOTrainConfig, SFTTrainConfig
+
+    sft = parse_config(SFTTrainConfig, ["--data", "d", "--output-dir", "o", "--report-to", "tensorboard"], "sft", "")
+    assert isinstance(sft, SFTConfig) and sft.report_to == ["tensorboard"]
+    # Laptop defaults where TRL's differ; the seed is the mmrec one (windows, negatives and initialisation).
+    assert (sft.learning_rate, sft.gradient_checkpointing, sft.bf16, sft.seed) == (2e-4, False, False, 0)
+    dpo = parse_config(DPOTrainConfig, ["--data", "d", "--output-dir", "o", "--beta", "0.3"], "dpo", "")
+    assert isinstance(dpo, DPOConfig) and (dpo.beta, dpo.learning_rate) == (0.3, 5e-5)
+    # The resume check compares what a run computes: logging and reporting options are not part of it.
+    assert dpo.fingerprint()["beta"] == 0.3 and "report_to" not in sft.fingerprint()
+    assert sft.fingerprint()["lr_scheduler_type"] == "cosine" and "beta" not in sft.fingerprint()

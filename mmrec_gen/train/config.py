@@ -1,25 +1,39 @@
 """Typed configs behind `mmrec train sft` / scripts/train_sft.py and `mmrec train dpo` / scripts/train_dpo.py.
 
-One dataclass per command, filled by HfArgumentParser from flags on top of `--config FILE.yaml`. The fields map
-onto TRL's SFTConfig / DPOConfig (or, for the fast path, transformers' TrainingArguments) in `train/trainers.py`,
-with the CPU-safe choices made explicit: bf16 only where the hardware runs it fast, no gradient checkpointing
-unless asked for.
+One dataclass per command, filled by HfArgumentParser from flags on top of `--config FILE.yaml`: the shared
+data/model/prompt groups, the training options of mmrec (LoRA, examples, target), and TRL's own SFTConfig /
+DPOConfig, which it extends (TRL's pattern), so every transformers training option (--report-to, --optim, ...)
+is there. Only defaults that must differ on a laptop are re-declared: no bf16 unless the model is loaded in bf16,
+no gradient checkpointing unless asked for.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import enum
+from dataclasses import dataclass, field, fields
+
+from transformers import TrainingArguments
+from trl import DPOConfig, SFTConfig
 
 from mmrec_gen.data.data_args import DataArguments, check_positive
 from mmrec_gen.models.model_args import ModelArguments
 from mmrec_gen.prompting.prompt_args import PromptArguments
 
 TARGETS = ("score", "ranking")
+# TrainingArguments fields that decide what a run computes (a resumed run must match them).
+FINGERPRINT_TRAINING = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "warmup_steps", "lr_scheduler_type", "weight_decay", "gradient_checkpointing", "save_steps", "seed",
+    "output_dir", "beta",
+)  # fmt: skip
+_TRL_FIELDS = {f.name for f in fields(SFTConfig)} | {f.name for f in fields(DPOConfig)}
 QUANTIZATION = ("none", "4bit")
 
 
 @dataclass(kw_only=True)
-class TrainConfig(PromptArguments, ModelArguments, DataArguments):
+class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArguments):
+    """The mmrec options of both training commands; SFTTrainConfig / DPOTrainConfig add TRL's config class."""
+
     output_dir: str = field(metadata={"help": "Where checkpoints, the adapter and train_summary.json go."})
     template: str = field(default="rank_listwise", metadata={"help": "Rank template id (the one used at inference)."})
     target: str = field(
@@ -60,20 +74,23 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments):
     quantization: str = field(
         default="none", metadata={"help": "none, or 4bit (QLoRA; needs bitsandbytes and a GPU)."}
     )
+    # Laptop defaults for transformers' own TrainingArguments fields (every other one, e.g. --report-to
+    # tensorboard|trackio|wandb, keeps the default of TRL's SFTConfig / DPOConfig that the commands extend).
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the examples."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs decide)."})
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Examples per forward pass."})
     gradient_accumulation_steps: int = field(default=8, metadata={"help": "Forward passes per optimizer step."})
-    warmup_steps: int = field(default=5, metadata={"help": "Linear warm-up steps."})
+    warmup_steps: float = field(default=5, metadata={"help": "Linear warm-up steps (a value < 1: a ratio)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in backward (saves memory, costs ~30%% time)."}
     )
-    save_steps: int = field(default=25, metadata={"help": "Checkpoint every N optimizer steps (resume point)."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept."})
-    logging_steps: int = field(default=5, metadata={"help": "Log the loss every N steps."})
+    # TRL turns bf16 on by default, which fails (or, without native bf16, crawls) on a CPU: the trainer sets it
+    # exactly when the model was loaded in bf16 (--dtype auto picks bf16 where the hardware is fast).
+    bf16: bool = field(default=False, metadata={"help": "Ignored: follows the dtype the model is loaded in."})
+    save_steps: float = field(default=25, metadata={"help": "Checkpoint every N optimizer steps (resume point)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    logging_steps: float = field(default=5, metadata={"help": "Log the loss every N steps."})
     resume: bool = field(
         default=True, metadata={"help": "Continue from the last checkpoint in --output-dir when there is one."}
     )
@@ -97,19 +114,23 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments):
         return self.fast and self.target == "score" and not self.explanations
 
     def fingerprint(self) -> dict:
-        """The fields that decide what a run computes; a resumed run must match them (else it would mix two runs)."""
-        skip = {"resume", "progress", "logging_steps", "save_total_limit"}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+        """The fields that decide what a run computes; a resumed run must match them (else it would mix two runs):
+        every mmrec option (not resume/progress) and the TrainingArguments fields listed in FINGERPRINT_TRAINING."""
+        own = {f.name for c in type(self).__mro__ if c in _MMREC_GROUPS or c is type(self) for f in fields(c)}
+        training = {name for name in FINGERPRINT_TRAINING if hasattr(self, name)}  # beta: DPO only
+        names = sorted((own - _TRL_FIELDS - {"resume", "progress"}) | training)
+        return {k: _plain(getattr(self, k)) for k in names}
 
 
 @dataclass(kw_only=True)
-class SFTTrainConfig(TrainConfig):
-    pass
+class SFTTrainConfig(TrainConfig, SFTConfig):
+    """`mmrec train sft`: the mmrec options plus every option of TRL's SFTConfig (TrainingArguments included)."""
 
 
 @dataclass(kw_only=True)
-class DPOTrainConfig(TrainConfig):
-    beta: float = field(default=0.1, metadata={"help": "DPO beta (strength of the pull to the reference)."})
+class DPOTrainConfig(TrainConfig, DPOConfig):
+    """`mmrec train dpo`: the mmrec options plus every option of TRL's DPOConfig (--beta among them)."""
+
     num_negatives: int = field(
         default=3,
         metadata={
@@ -126,3 +147,10 @@ class DPOTrainConfig(TrainConfig):
                 f"--num-negatives must be between 1 and num_candidates - 1 ({self.num_candidates - 1}), "
                 f"got {self.num_negatives}"
             )
+
+
+_MMREC_GROUPS = (DataArguments, ModelArguments, PromptArguments, TrainConfig)
+
+
+def _plain(value):
+    return value.value if isinstance(value, enum.Enum) else value

@@ -1,6 +1,6 @@
 """`mmrec train sft|dpo`: examples -> rows -> a LoRA adapter, with TRL (general path) or the fast score path.
 
-Output folder: checkpoint-N/ (resume points, R9), the final adapter (PEFT files + mmrec_adapter.json),
+Output folder: checkpoint-N/ (resume points, docs/RELIABILITY.md R9), the final adapter (PEFT files + mmrec_adapter.json),
 `mmrec_train_config.json` (what the run computes; a resumed run must match it) and `train_summary.json`
 (row counts and drops, steps, loss, tokens/s, wall and CPU seconds).
 """
@@ -156,35 +156,21 @@ def _last_layers(model, n: int | None) -> list[int] | None:
     return list(range(total - n, total))
 
 
-def training_arguments(cfg: TrainConfig, loaded: LoadedModel, args_cls, **extra):
-    """TrainingArguments / SFTConfig / DPOConfig with the CPU-safe choices made explicit."""
+def training_arguments(cfg: TrainConfig, loaded: LoadedModel, **extra):
+    """The config itself (it is a TRL SFTConfig / DPOConfig) with the choices that depend on the loaded model and
+    the machine filled in, plus the path-specific `extra` options."""
+    import dataclasses
+
     import torch
 
-    on_gpu = torch.cuda.is_available()
-    return args_cls(
-        output_dir=cfg.output_dir,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        weight_decay=cfg.weight_decay,
-        logging_steps=cfg.logging_steps,
+    return dataclasses.replace(
+        cfg,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
         data_seed=cfg.seed,
-        # TRL's configs turn bf16 on by default, which fails (or, without native bf16, crawls) on a CPU: use it
-        # exactly when the model was loaded in bf16 (dtype auto picks it where the hardware is fast).
+        # bf16 exactly when the model was loaded in bf16 (dtype auto picks it where the hardware is fast).
         bf16=loaded.dtype == "bfloat16",
         fp16=False,
-        use_cpu=not on_gpu,
-        # TRL's SFTConfig turns this on by default; it recomputes every activation, ~30% slower for small models.
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not cfg.progress,
         dataloader_num_workers=0,
         **extra,
@@ -303,13 +289,12 @@ def _train(kind: str, cfg: TrainConfig, loaded: LoadedModel | None, callbacks, m
 
 def _fast_trainer(trainer_cls, cfg, loaded, model, rows, callbacks, **kwargs):
     from datasets import Dataset as HFDataset
-    from transformers import TrainingArguments
 
     from mmrec_gen.train.fast import LabelTokenCollator
 
     return trainer_cls(
         model=model,
-        args=training_arguments(cfg, loaded, TrainingArguments, remove_unused_columns=False),
+        args=training_arguments(cfg, loaded, remove_unused_columns=False),
         train_dataset=HFDataset.from_list(rows),
         data_collator=LabelTokenCollator(loaded.tokenizer.pad_token_id),
         callbacks=callbacks,
@@ -335,12 +320,12 @@ def _sft_trainer(cfg, loaded, model, ds, rendered, stats, callbacks):
 
         rows = fast_sft_rows(loaded.tokenizer, rendered)
         return _fast_trainer(LabelTokenSFTTrainer, cfg, loaded, model, rows, callbacks), rows, "fast"
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     max_length = cfg.max_model_len + answer_budget(cfg)
     rows = trl_sft_rows(ds, rendered, target=cfg.target, explanations=cfg.explanations, seed=cfg.seed)
     rows = _drop_overlong(rows, loaded.tokenizer, max_length, stats, ("completion",))
-    args = training_arguments(cfg, loaded, SFTConfig, max_length=max_length, completion_only_loss=True)
+    args = training_arguments(cfg, loaded, max_length=max_length, completion_only_loss=True)
     return _trl_trainer(SFTTrainer, args, loaded, model, rows, callbacks), rows, "trl"
 
 
@@ -353,12 +338,12 @@ def _dpo_trainer(cfg, loaded, model, ds, rendered, stats, callbacks):
         rows = reference_logps(model, rows, loaded.tokenizer.pad_token_id)
         trainer = _fast_trainer(LabelTokenDPOTrainer, cfg, loaded, model, rows, callbacks, beta=cfg.beta)
         return trainer, rows, "fast"
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     max_length = cfg.max_model_len + answer_budget(cfg)
     rows = trl_dpo_rows(rendered, num_negatives=cfg.num_negatives, seed=cfg.seed)
     rows = _drop_overlong(rows, loaded.tokenizer, max_length, stats, ("chosen", "rejected"))
-    args = training_arguments(cfg, loaded, DPOConfig, max_length=max_length, beta=cfg.beta)
+    args = training_arguments(cfg, loaded, max_length=max_length)
     # With a PEFT model and no ref_model, TRL copies the starting adapter as the frozen reference.
     return _trl_trainer(DPOTrainer, args, loaded, model, rows, callbacks), rows, "trl"
 
