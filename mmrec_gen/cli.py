@@ -85,7 +85,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="mmrec evaluate", description="Metrics of ranking JSONL files, one row per file."
+        prog="mmrec evaluate", description="Metrics of ranking JSONL files, one row per file.", allow_abbrev=False
     )
     parser.add_argument("files", nargs="+", help="JSONL files written by `mmrec rank` (or a baseline).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object per file instead of a table.")
@@ -106,7 +106,9 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 def cmd_prompts(argv: Sequence[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="mmrec prompts", description="Inspect and validate the prompt templates.")
+    parser = argparse.ArgumentParser(
+        prog="mmrec prompts", description="Inspect and validate the prompt templates.", allow_abbrev=False
+    )
     parser.add_argument("action", choices=["list", "validate"])
     parser.add_argument("--model", default=None, help="Also check labels/rendering with this model's tokenizer.")
     args = parser.parse_args(argv)
@@ -139,7 +141,7 @@ def cmd_models(argv: Sequence[str]) -> int:
 def cmd_data(argv: Sequence[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="mmrec data", description="Dataset utilities.")
+    parser = argparse.ArgumentParser(prog="mmrec data", description="Dataset utilities.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="action", required=True)
     synth = sub.add_parser("synth", help="Write the synthetic multimodal dataset (generic JSONL format + images).")
     synth.add_argument("--out", required=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--data", default=None, help="Dataset folder (default: synthetic data made for the run).")
     parser.add_argument("--baselines", default="pop,sasrec,mse")
     parser.add_argument("--max-users", type=int, default=None, help="Users the baselines rank (default: all).")

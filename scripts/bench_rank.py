@@ -19,7 +19,7 @@ DEFAULT_SWEEP = {"score": [1, 4], "constrained": [4, 16], "generate": [4, 16]}
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--data", default=None, help="Dataset folder (default: synthetic data made for the run).")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--users", type=int, default=16, help="Users ranked by every mode and batch size.")

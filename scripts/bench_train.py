@@ -35,7 +35,7 @@ VARIANTS = {
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--data", help="Dataset folder (default: synthetic data written to a temp folder).")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="Model name, HF id or folder.")
     parser.add_argument("--examples", type=int, default=8, help="Training examples per variant.")
