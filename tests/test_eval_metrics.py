@@ -193,7 +193,7 @@ def test_rating_metrics_bad_input():
         rating_metrics([1.0], [float("nan")])
 
 
-# --- results_io ----------------------------------------------------------------------------------------------
+# --- data.results ---------------------------------------------------------------------------------------------
 
 
 def test_write_read_roundtrip_unicode(tmp_path):
