@@ -70,7 +70,14 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
     meta = run_meta(inputs, model=loaded.name, mode=cfg.mode, template=cfg.template, shots=cfg.shots)
     catalogue = sorted({item.title for item in inputs.dataset.items.values()}) if cfg.mode == "generate" else ()
     ranker = Ranker(
-        backend, builder, cfg.mode, meta=meta, max_new_tokens=cfg.max_new_tokens, catalogue_titles=catalogue
+        backend,
+        builder,
+        cfg.mode,
+        meta=meta,
+        max_new_tokens=cfg.max_new_tokens,
+        catalogue_titles=catalogue,
+        permutations=cfg.permutations,
+        seed=cfg.seed,
     )
     rows = ranker.rank(tasks)
     write_results(cfg.out, rows)

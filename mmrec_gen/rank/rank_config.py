@@ -52,6 +52,13 @@ class RankConfig(RunConfig):
     max_new_tokens: int | None = field(
         default=None, metadata={"help": "Generate mode answer length; default 3 x candidates + 8."}
     )
+    permutations: int = field(
+        default=1,
+        metadata={
+            "help": "Score mode, listwise templates: average each candidate's label log-probability over this many "
+            "display orders (the file's order, then shuffles seeded by (seed, user id, k)) against position bias."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,6 +70,14 @@ class RankConfig(RunConfig):
             self.template = "rank_fewshot" if self.shots > 0 else "rank_listwise"
         if self.template == "pointwise" and self.mode != "score":
             raise ValueError("the pointwise template scores each candidate Yes/No: use it with --mode score")
+        if self.permutations < 1:
+            raise ValueError(f"--permutations must be >= 1, got {self.permutations}")
+        if self.permutations > 1 and (self.mode != "score" or self.template == "pointwise"):
+            raise ValueError(
+                f"--permutations {self.permutations} averages label scores over candidate orders: it needs "
+                f"--mode score with a listwise template, got --mode {self.mode} --template {self.template}; "
+                "pass --permutations 1 or switch to --mode score"
+            )
         if self.max_new_tokens is None:
             self.max_new_tokens = 3 * self.num_candidates + 8
 

@@ -2,15 +2,21 @@
 
 Every user ends as a result row or an error row that names it. The gold target is only copied into the row:
 prompts, decoding and parsing never see it (R2).
+
+Score mode with `permutations` P > 1 (LLMRank-style debiasing of the label verbalizer) renders each user's
+candidates in P display orders, turns each order's label logits into log-probabilities over the candidate labels
+and ranks by each candidate's mean log-probability, so no item wins merely by being shown as "A".
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mmrec_gen.data.schema import Item
+from mmrec_gen.data.seeding import rng_for
 from mmrec_gen.prompting.labels import label_token_ids
 from mmrec_gen.prompting.render import Demo, HistoryEntry, PromptBuilder, RenderedPrompt
 from mmrec_gen.rank.backend import BackendError, LabelVocab, RankBackend
@@ -53,6 +59,25 @@ def empty_errors() -> dict[str, int]:
     return dict.fromkeys(ERROR_KEYS, 0)
 
 
+def display_orders(seed: int, user_id: str, num_candidates: int, permutations: int) -> list[list[int]]:
+    """The candidate display orders scored for one user, as indices into the candidate file's order.
+
+    Order 0 is the file's own order (so P=1 is the plain score mode); order k >= 1 is a shuffle seeded by
+    (seed, user id, k) only, never by the batch or the other users in the run (R10).
+    """
+    orders = [list(range(num_candidates))]
+    for k in range(1, permutations):
+        orders.append(rng_for(seed, "rank-permutation", user_id, k).permutation(num_candidates).tolist())
+    return orders
+
+
+def label_log_probs(logits: Sequence[float]) -> list[float]:
+    """Log-softmax over the candidate labels' logits: each order's scores become comparable log-probabilities."""
+    top = max(logits)
+    log_total = top + math.log(math.fsum(math.exp(x - top) for x in logits))
+    return [x - log_total for x in logits]
+
+
 class Ranker:
     def __init__(
         self,
@@ -63,13 +88,23 @@ class Ranker:
         meta: dict,
         max_new_tokens: int = 68,
         catalogue_titles: Sequence[str] = (),
+        permutations: int = 1,
+        seed: int = 0,
     ):
         self.backend = backend
         self.builder = builder
         self.mode = mode
-        self.meta = meta
         self.max_new_tokens = max_new_tokens
         self.pointwise = builder.spec.task == "pointwise"
+        if permutations < 1 or (permutations > 1 and (mode != "score" or self.pointwise)):
+            raise ValueError(
+                f"permutations={permutations}: must be >= 1, and > 1 only in score mode with a listwise template "
+                f"(got mode {mode!r}, template {builder.spec.id!r})"
+            )
+        self.permutations = permutations
+        self.seed = seed
+        # P=1 rows stay byte-identical to the plain score mode, so the field is only added when it means something.
+        self.meta = meta if permutations == 1 else {**meta, "permutations": permutations}
         # Titles of the whole catalogue let the parser count out-of-candidate titles in generate mode.
         self.catalogue_titles = tuple(catalogue_titles)
 
@@ -107,6 +142,12 @@ class Ranker:
     def _build(self, task: UserTask) -> RenderedPrompt | list[RenderedPrompt]:
         if self.pointwise:
             return [self.builder.pointwise(task.user_id, task.history, item) for item in task.candidates]
+        if self.permutations > 1:
+            orders = display_orders(self.seed, task.user_id, len(task.candidates), self.permutations)
+            return [
+                self.builder.rank(task.user_id, task.history, [task.candidates[j] for j in order], task.demos)
+                for order in orders
+            ]
         return self.builder.rank(task.user_id, task.history, task.candidates, task.demos)
 
     def rank(self, tasks: Sequence[UserTask]) -> list[dict]:
@@ -129,33 +170,49 @@ class Ranker:
         return rows  # type: ignore[return-value]
 
     # -- modes ------------------------------------------------------------------------------------------
+    def _logits_per_user(self, built, token_ids) -> list[tuple[int, list[RenderedPrompt], list]]:
+        """All users' prompts go through the backend as one list (batched together); the outputs come back
+        regrouped per user as (task index, prompts, one output per prompt)."""
+        groups = [(i, prompts if isinstance(prompts, list) else [prompts]) for i, prompts in built]
+        outputs = iter(self.backend.label_logits([p for _, prompts in groups for p in prompts], token_ids))
+        return [(i, prompts, [next(outputs) for _ in prompts]) for i, prompts in groups]
+
     def _run_score(self, tasks, built, rows) -> None:
         if not built:
             return
-        ids = label_token_ids(self.backend.tokenizer, built[0][1].labels)
-        outputs = self.backend.label_logits([p for _, p in built], ids)
-        for (i, prompt), out in zip(built, outputs, strict=True):
-            if isinstance(out, BackendError):
-                rows[i] = self._error_row(tasks[i], str(out), prompt)
+        first = built[0][1]
+        labels = (first[0] if isinstance(first, list) else first).labels
+        for i, prompts, outs in self._logits_per_user(built, label_token_ids(self.backend.tokenizer, labels)):
+            failed = [(k, o) for k, o in enumerate(outs) if isinstance(o, BackendError)]
+            if failed:
+                k, err = failed[0]
+                where = f"permutation {k} of {len(prompts)}: " if len(prompts) > 1 else ""
+                rows[i] = self._error_row(tasks[i], f"{where}{err}", prompts[0])
                 continue
-            scores = out[: len(prompt.candidate_ids)]
+            candidate_ids = [c.item_id for c in tasks[i].candidates]
+            if len(prompts) == 1:
+                scores = outs[0][: len(candidate_ids)]  # the raw label logits, as the plain score mode always gave
+            else:
+                # Per candidate item: its label log-probability in each display order, summed in order k = 0..P-1.
+                total = dict.fromkeys(candidate_ids, 0.0)
+                for prompt, out in zip(prompts, outs, strict=True):
+                    log_probs = label_log_probs(out[: len(prompt.candidate_ids)])
+                    for item_id, log_prob in zip(prompt.candidate_ids, log_probs, strict=True):
+                        total[item_id] += log_prob
+                scores = [total[c] / len(prompts) for c in candidate_ids]
             rows[i] = self._row(
                 tasks[i],
-                ranking=self._ranked_by_scores(prompt.candidate_ids, scores),
+                ranking=self._ranked_by_scores(candidate_ids, scores),
                 valid=True,
                 scores=scores,
-                truncated=prompt.truncated,
-                n_history=prompt.n_history_used,
+                truncated=any(p.truncated for p in prompts),
+                n_history=min(p.n_history_used for p in prompts),
             )
 
     def _run_pointwise(self, tasks, built, rows) -> None:
-        flat = [p for _, prompts in built for p in prompts]
-        if not flat:
+        if not built:
             return
-        yes, no = label_token_ids(self.backend.tokenizer, YES_NO)
-        outputs = iter(self.backend.label_logits(flat, [yes, no]))
-        for i, prompts in built:
-            outs = [next(outputs) for _ in prompts]
+        for i, prompts, outs in self._logits_per_user(built, label_token_ids(self.backend.tokenizer, YES_NO)):
             failed = [o for o in outs if isinstance(o, BackendError)]
             if failed:
                 rows[i] = self._error_row(tasks[i], str(failed[0]), prompts[0])
