@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import fields
 from importlib.resources import files
@@ -25,18 +26,18 @@ from mmrec_gen.prompting.templates import (
 from mmrec_gen.prompting.validate import validate_templates
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "prompts" / "golden"
-EXPECTED_IDS = {"rank_listwise", "rank_fewshot", "explain", "pointwise"}
+EXPECTED_IDS = {"rank_listwise", "rank_fewshot", "explain", "pointwise", "rec_items", "rec_labels"}
 
 
 def _raw_manifest() -> dict:
     return yaml.safe_load(files("mmrec_gen.prompts").joinpath("manifest.yaml").read_text(encoding="utf-8"))
 
 
-def test_manifest_lists_the_four_templates_with_all_fields():
+def test_manifest_lists_every_template_with_all_fields():
     specs = load_manifest()
     assert set(specs) == EXPECTED_IDS
     raw_ids = [e["id"] for e in _raw_manifest()["templates"]]
-    assert len(raw_ids) == len(set(raw_ids)) == 4
+    assert len(raw_ids) == len(set(raw_ids)) == len(EXPECTED_IDS)
     for spec in specs.values():
         for f in fields(TemplateSpec):
             if f.name != "system":
@@ -47,6 +48,7 @@ def test_manifest_lists_the_four_templates_with_all_fields():
     assert {s.task for s in specs.values()} == {"rank", "explain", "pointwise"}
     assert specs["rank_listwise"].output_format == "labels"
     assert specs["pointwise"].output_format == "yes_no"
+    assert specs["rec_items"].output_format == "items"
     assert specs["explain"].output_format == "text"
 
 
@@ -109,7 +111,10 @@ def test_validate_templates_reports_every_template(tokenizer):
 
 @pytest.mark.parametrize("template_id", sorted(EXPECTED_IDS))
 def test_golden_render(tokenizer, template_id):
-    prompt = samples.render_sample(PromptBuilder(tokenizer, template_id), template_id)
+    # The compact rec_* templates are rendered with item tokens (on a copy: the placeholder is added to it).
+    item_tokens = template_id.startswith("rec_")
+    tokenizer = copy.deepcopy(tokenizer) if item_tokens else tokenizer
+    prompt = samples.render_sample(PromptBuilder(tokenizer, template_id, item_tokens=item_tokens), template_id)
     # R11: our text is exactly the chat template applied to our messages, and input_ids tokenize that text.
     assert prompt.prompt_text == tokenizer.apply_chat_template(
         prompt.messages, add_generation_prompt=True, tokenize=False

@@ -15,6 +15,7 @@ from typing import Any
 
 from mmrec_gen.data.schema import Item
 from mmrec_gen.prompting.errors import PromptFieldError
+from mmrec_gen.prompting.item_slots import ItemMarkers
 from mmrec_gen.prompting.sanitize import neutralize
 
 # Top-level variables a template may use (see prompts/manifest.yaml).
@@ -84,6 +85,8 @@ class ContextBuilder:
         self.template_id = template_id
         self.special_tokens = tuple(special_tokens)
         self.max_text_chars = max_text_chars
+        # One ItemMarkers per render (set by the renderer); None: templates get no `item_token`.
+        self.item_markers: ItemMarkers | None = None
 
     def _clean(self, text: Any, *, field: str, item_id: str, user_id: str) -> str:
         if text is None or (isinstance(text, float) and math.isnan(text)):
@@ -105,6 +108,8 @@ class ContextBuilder:
         ctx: dict[str, Any] = {"title": title, "fields": fields}
         if markers is not None and item.image:
             ctx["image"] = markers.marker(item.image)
+        if self.item_markers is not None:
+            ctx["item_token"] = self.item_markers.marker(item.item_id)
         return ctx
 
     def history(

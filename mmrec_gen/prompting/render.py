@@ -34,6 +34,7 @@ from typing import Any
 from mmrec_gen.data.schema import Item
 from mmrec_gen.prompting.context import ContextBuilder, Demo, HistoryEntry, ImageMarkers
 from mmrec_gen.prompting.errors import PromptFieldError, PromptTooLongError
+from mmrec_gen.prompting.item_slots import ITEM_TOKEN, ItemMarkers, add_item_token
 from mmrec_gen.prompting.labels import candidate_labels
 from mmrec_gen.prompting.sanitize import special_token_strings, text_tokenizer
 from mmrec_gen.prompting.templates import TemplateSpec, compiled_template, get_template, render_user_text
@@ -66,6 +67,8 @@ class RenderedPrompt:
     candidate_ids: list[str]
     labels: list[str]
     images: list[str] = field(default_factory=list)
+    # Item id of each ITEM_TOKEN placeholder in input_ids, in order (empty without item tokens).
+    item_slots: list[str] = field(default_factory=list)
     n_history_total: int = 0
     n_history_used: int = 0
     truncated: bool = False
@@ -83,6 +86,7 @@ class _Attempt:
     input_ids: list[int]
     images: list[str]
     num_tokens: int
+    item_slots: list[str] = field(default_factory=list)
 
 
 class PromptBuilder:
@@ -100,6 +104,7 @@ class PromptBuilder:
         use_images: bool = False,
         image_token_count: int = 0,
         demo_history: int = 5,
+        item_tokens: bool = False,
     ) -> None:
         if max_model_len - max_new_tokens < 1:
             raise ValueError(
@@ -118,16 +123,20 @@ class PromptBuilder:
         self.use_images = use_images
         self.image_token_count = image_token_count
         self.demo_history = demo_history
+        # Item tokens: the placeholder becomes a special token first, so neutralize() breaks it in item text.
+        self.item_token_id = add_item_token(self.tokenizer) if item_tokens else None
         self.special_tokens = special_token_strings(tokenizer)
         self._special_ids = {
             i for i in (self.tokenizer.convert_tokens_to_ids(t) for t in self.special_tokens) if i is not None
-        }
+        } - {self.item_token_id}
         self.context = ContextBuilder(self.spec.id, self.special_tokens, max_text_chars)
         self._skeleton_counts: dict[tuple, Counter] = {}
         self.system_in_user = self._check_chat_template()
 
     @classmethod
-    def from_options(cls, tokenizer, template_id: str, options, max_new_tokens: int) -> PromptBuilder:
+    def from_options(
+        cls, tokenizer, template_id: str, options, max_new_tokens: int, item_tokens: bool = False
+    ) -> PromptBuilder:
         """A builder from a run config: `options` has max_model_len, max_history and max_text_chars (the fields
         `mmrec rank`, `explain` and `train` share), so training and inference budget prompts identically."""
         return cls(
@@ -137,6 +146,7 @@ class PromptBuilder:
             max_new_tokens=max_new_tokens,
             max_history=options.max_history,
             max_text_chars=options.max_text_chars,
+            item_tokens=item_tokens,
         )
 
     # ----------------------------------------------------------------------------------------------- public API
@@ -147,9 +157,11 @@ class PromptBuilder:
         candidates: Sequence[Item],
         demos: Sequence[Demo] = (),
     ) -> RenderedPrompt:
-        """Rank prompt: candidates labelled A, B, ... in the given order; demos only for rank_fewshot."""
+        """Rank prompt: candidates labelled A, B, ... in the given order; demos only for rank_fewshot.
+
+        A template that does not show candidates (rec_items: the item head scores them) takes none."""
         self._require_task("rank")
-        if not candidates:
+        if not candidates and "candidates" in self.spec.required_fields:
             raise ValueError(f"user {user_id!r}: rank prompt needs at least one candidate")
         ids = [c.item_id for c in candidates]
         if len(set(ids)) != len(ids):
@@ -211,6 +223,7 @@ class PromptBuilder:
         labels: list[str],
     ) -> RenderedPrompt:
         markers = ImageMarkers() if self.use_images else None
+        self.context.item_markers = ItemMarkers() if self.item_token_id is not None else None
         fixed_ctx = fixed(markers)
         capped = list(history[-self.max_history :]) if self.max_history > 0 else []
         # Neutralize each history entry once; the search below only slices this list.
@@ -239,6 +252,7 @@ class PromptBuilder:
             candidate_ids=candidate_ids,
             labels=labels,
             images=best.images,
+            item_slots=best.item_slots,
             n_history_total=len(history),
             n_history_used=k,
             truncated=k < len(capped),
@@ -277,6 +291,9 @@ class PromptBuilder:
     def _render(self, user_id: str, ctx: dict[str, Any], markers: ImageMarkers | None) -> _Attempt:
         # Surrounding blank lines are template layout, not content: the chat template adds its own separators.
         text = render_user_text(self.spec, ctx, user_id=user_id, template=self.template).strip()
+        slots: list[str] = []
+        if self.context.item_markers is not None:
+            text, slots = self.context.item_markers.replace(text, f"template {self.spec.id!r}, user {user_id!r}")
         system = self.spec.system
         images: list[str] = []
         if self.system_in_user and system:
@@ -294,7 +311,7 @@ class PromptBuilder:
         prompt_text = self.chat.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         input_ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         return _Attempt(
-            messages, prompt_text, input_ids, images, len(input_ids) + self.image_token_count * len(images)
+            messages, prompt_text, input_ids, images, len(input_ids) + self.image_token_count * len(images), slots
         )
 
     def _check_chat_template(self) -> bool:
@@ -341,6 +358,13 @@ class PromptBuilder:
             text = self.chat.apply_chat_template(skel, add_generation_prompt=True, tokenize=False)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             self._skeleton_counts[key] = Counter(i for i in ids if i in self._special_ids)
+        if self.item_token_id is not None:
+            n_slots = sum(1 for i in best.input_ids if i == self.item_token_id)
+            if n_slots != len(best.item_slots):
+                raise ValueError(
+                    f"template {self.spec.id!r}, user {user_id!r}: {n_slots} {ITEM_TOKEN} tokens for "
+                    f"{len(best.item_slots)} item slots (the placeholder must tokenize as one token)"
+                )
         got = Counter(i for i in best.input_ids if i in self._special_ids)
         if got != self._skeleton_counts[key]:
             raise ValueError(

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 PROMPTS_PACKAGE = "mmrec_gen.prompts"
 MANIFEST_FILE = "manifest.yaml"
 TASKS = ("rank", "explain", "pointwise")
-OUTPUT_FORMATS = ("labels", "text", "yes_no")
+OUTPUT_FORMATS = ("labels", "text", "yes_no", "items")
 DEFAULT_TEMPLATES = {
     "rank": "rank_listwise",
     "rank_fewshot": "rank_fewshot",
