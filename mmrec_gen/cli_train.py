@@ -29,9 +29,15 @@ class MergeConfig:
 
 def train_and_report(kind: str, cfg) -> int:
     """Run one training command for a filled config and print its summary (also used by scripts/)."""
+    from mmrec_gen.train.item_trainer import run_item_sft
     from mmrec_gen.train.trainers import run_dpo, run_sft
 
-    summary = (run_sft if kind == "sft" else run_dpo)(cfg)
+    if kind == "sft" and cfg.uses_item_tokens:
+        summary = run_item_sft(cfg)
+    elif cfg.uses_item_tokens:
+        raise ValueError("mmrec train dpo does not take --item-tokens yet: DPO on item-token adapters is not built")
+    else:
+        summary = (run_sft if kind == "sft" else run_dpo)(cfg)
     print(json.dumps(summary))
     print(f"adapter: {cfg.output_dir}  (use it with: mmrec rank --adapter {cfg.output_dir} ...)")
     return 0

@@ -45,6 +45,9 @@ class RankBackend(Protocol):
     def constrained_rank(self, prompts: Sequence[RenderedPrompt], vocab: LabelVocab) -> list:
         """Per prompt: a full permutation of label indices decoded greedily over unused labels only, or a BackendError."""
 
+    def item_scores(self, prompts: Sequence[RenderedPrompt], candidates: Sequence[Sequence[str]]) -> list:
+        """Per prompt: the item head's score of each candidate item id (item-token backends), or a BackendError."""
+
 
 BACKENDS = Registry("backend")
 BACKENDS.register("hf", "mmrec_gen.rank.hf_backend:HFBackend", "transformers")
@@ -54,6 +57,10 @@ def backend_names() -> list[str]:
     return BACKENDS.names()
 
 
-def create_backend(name: str, loaded_model, *, batch_size: int, progress: bool = True) -> RankBackend:
+def create_backend(
+    name: str, loaded_model, *, batch_size: int, progress: bool = True, item_tokens=None
+) -> RankBackend:
     cls = BACKENDS.resolve(name)
-    return cls(loaded_model, batch_size=batch_size, progress=progress)
+    if item_tokens is None:
+        return cls(loaded_model, batch_size=batch_size, progress=progress)
+    return cls(loaded_model, batch_size=batch_size, progress=progress, item_tokens=item_tokens)

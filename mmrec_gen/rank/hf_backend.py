@@ -26,7 +26,9 @@ def _is_oom(exc: BaseException) -> bool:
 class HFBackend:
     name = "hf"
 
-    def __init__(self, loaded_model, *, batch_size: int = 8, progress: bool = True):
+    def __init__(self, loaded_model, *, batch_size: int = 8, progress: bool = True, item_tokens=None):
+        """`item_tokens`: a models.item_tokens.ItemTokens whose soft tokens replace the ITEM_TOKEN placeholders
+        (prompts then go in as `inputs_embeds`, the form vLLM takes as `prompt_embeds`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = loaded_model.model
@@ -35,6 +37,11 @@ class HFBackend:
         self.progress = progress
         self.device = next(self.model.parameters()).device
         self.pad_id = self.tokenizer.pad_token_id
+        self.item_tokens = item_tokens.to(self.device).eval() if item_tokens is not None else None
+        if item_tokens is not None:
+            from mmrec_gen.prompting.item_slots import add_item_token
+
+            self.placeholder = add_item_token(self.tokenizer)
 
     # -- batching ---------------------------------------------------------------------------------------
     def _pad(self, prompts: Sequence[RenderedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,17 +80,49 @@ class HFBackend:
             logger.warning("out of memory on a batch of %d; retrying as %d + %d", len(batch), half, len(batch) - half)
             return self._run_halving(batch[:half], fn) + self._run_halving(batch[half:], fn)
 
-    # -- the three primitives ---------------------------------------------------------------------------
+    def _inputs(self, batch: list[RenderedPrompt]) -> dict:
+        """Model inputs of a left-padded batch: token ids, or embeddings with item tokens placed at their slots."""
+        ids, mask = self._pad(batch)
+        # Explicit positions make a left-padded row compute exactly what it would alone (R10).
+        inputs = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        if self.item_tokens is None:
+            return {"input_ids": ids, **inputs}
+        embeds = self.item_tokens.embed(
+            self.model.get_input_embeddings(), ids, [p.item_slots for p in batch], self.placeholder
+        )
+        return {"inputs_embeds": embeds, **inputs}
+
+    def _no_item_tokens(self, what: str) -> None:
+        if self.item_tokens is not None:
+            raise ValueError(f"{what} is not supported with item tokens: use --mode score (or the items head)")
+
+    # -- the primitives ---------------------------------------------------------------------------------
     def label_logits(self, prompts: Sequence[RenderedPrompt], token_ids: Sequence[int]) -> list:
         index = torch.tensor(list(token_ids), device=self.device)
 
         def run(batch: list[RenderedPrompt]) -> list:
-            ids, mask = self._pad(batch)
-            # Explicit positions make a left-padded row compute exactly what it would alone (R10).
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             # logits_to_keep=1: only the last position goes through the LM head (not the whole vocabulary x length).
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+            out = self.model(**self._inputs(batch), logits_to_keep=1)
             return out.logits[:, -1, :].index_select(-1, index).float().cpu().tolist()
+
+        return self._map(prompts, run, "score")
+
+    def item_scores(self, prompts: Sequence[RenderedPrompt], candidates: Sequence[Sequence[str]]) -> list:
+        """Per prompt: the item head's score of each of its candidates (item ids), from the last position's state."""
+        if self.item_tokens is None:
+            raise ValueError("item scores need item tokens (an adapter trained with --head items)")
+        from mmrec_gen.models.item_tokens import decoder_and_head
+
+        decoder, _ = decoder_and_head(self.model)
+        wanted = {id(p): list(c) for p, c in zip(prompts, candidates, strict=True)}
+
+        def run(batch: list[RenderedPrompt]) -> list:
+            states = decoder(**self._inputs(batch), use_cache=False).last_hidden_state[:, -1, :]
+            out = []
+            for row, p in enumerate(batch):
+                index = self.item_tokens.indices(wanted[id(p)])
+                out.append(self.item_tokens.score(states[row], index).float().cpu().tolist())
+            return out
 
         return self._map(prompts, run, "score")
 
@@ -96,6 +135,8 @@ class HFBackend:
         )
 
     def generate(self, prompts: Sequence[RenderedPrompt], max_new_tokens: int) -> list:
+        self._no_item_tokens("generate mode")
+
         def run(batch: list[RenderedPrompt]) -> list:
             ids, mask = self._pad(batch)
             out = self.model.generate(
@@ -106,6 +147,7 @@ class HFBackend:
         return self._map(prompts, run, "generate")
 
     def constrained_rank(self, prompts: Sequence[RenderedPrompt], vocab: LabelVocab) -> list:
+        self._no_item_tokens("constrained mode")
         n = len(vocab.first_ids)
         if len(vocab.sep_ids) != 1:
             raise ValueError(f"constrained decoding needs a one-token separator, got token ids {vocab.sep_ids}")

@@ -41,38 +41,59 @@ def build_tasks(
     return tasks
 
 
-def _inputs_and_model(cfg: RunConfig, loaded_model):
+def _inputs_and_model(cfg: RunConfig, loaded_model, item_config: dict | None = None):
+    """The run's inputs and model; with an item-token adapter (`item_config`), also its ItemTokens module."""
     from mmrec_gen.models.registry import load_model
 
     inputs = inputs_for(cfg)
-    if cfg.images:
+    if cfg.images and not (item_config and "image" in item_config["sources"]):
         logger.warning("--images: item images are mapped, but %s reads item text only", cfg.model)
     loaded = loaded_model or load_model(cfg.model, dtype=cfg.dtype)
+    if item_config:
+        from mmrec_gen.rank.item_rank import load_item_token_model
+
+        setup = load_item_token_model(cfg, item_config, inputs, loaded)
+        return inputs, setup.loaded, setup.item_tokens
     if cfg.adapter:
         from mmrec_gen.models.adapters import with_adapter
 
         if loaded_model is not None:  # never change the caller's (possibly cached) model in place
             loaded = replace(loaded, model=copy.deepcopy(loaded.model))
         loaded = with_adapter(loaded, cfg.adapter, merge=cfg.merge_adapter, max_lora_rank=cfg.max_lora_rank)
-    return inputs, loaded
+    return inputs, loaded, None
 
 
 def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
     """Rank every user of the candidate file (or the first --max-users) and write cfg.out; returns the rows."""
     from mmrec_gen.data.results import write_results
     from mmrec_gen.rank.backend import create_backend
+    from mmrec_gen.rank.item_rank import apply_adapter_options, item_token_config
 
-    inputs, loaded = _inputs_and_model(cfg, loaded_model)
+    # An item-token adapter fixes its head, template and prompt budgets: nothing else needs to be passed.
+    item_config = item_token_config(cfg.adapter)
+    mode = cfg.mode
+    if item_config:
+        cfg = apply_adapter_options(cfg, item_config)
+        if cfg.mode != "score" or cfg.shots:
+            raise ValueError(f"{cfg.adapter}: an item-token adapter ranks in score mode without shots")
+        mode = "items" if item_config["head"] == "items" else "score"
+    inputs, loaded, item_tokens = _inputs_and_model(cfg, loaded_model, item_config)
     tasks = build_tasks(inputs, split=cfg.split, max_users=cfg.max_users, shots=cfg.shots, seed=cfg.seed)
-    max_new = {"score": 1, "constrained": 2 * inputs.candidate_file.num_candidates, "generate": cfg.max_new_tokens}
-    builder = PromptBuilder.from_options(loaded.tokenizer, cfg.template, cfg, max_new[cfg.mode])
-    backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress)
+    max_new = {"score": 1, "items": 1, "constrained": 2 * inputs.candidate_file.num_candidates}
+    builder = PromptBuilder.from_options(
+        loaded.tokenizer, cfg.template, cfg, max_new.get(mode, cfg.max_new_tokens), item_tokens=bool(item_config)
+    )
+    backend = create_backend(
+        cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress, item_tokens=item_tokens
+    )
     meta = run_meta(inputs, model=loaded.name, mode=cfg.mode, template=cfg.template, shots=cfg.shots)
+    if item_config:
+        meta = {**meta, "head": item_config["head"], "item_tokens": item_config["sources"]}
     catalogue = sorted({item.title for item in inputs.dataset.items.values()}) if cfg.mode == "generate" else ()
     ranker = Ranker(
         backend,
         builder,
-        cfg.mode,
+        mode,
         meta=meta,
         max_new_tokens=cfg.max_new_tokens,
         catalogue_titles=catalogue,
@@ -91,9 +112,12 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
     from mmrec_gen.data.results import read_results, write_results
     from mmrec_gen.rank.backend import create_backend
     from mmrec_gen.rank.explain import explain, explanation_summary
+    from mmrec_gen.rank.item_rank import item_token_config
     from mmrec_gen.rank.titles import normalize_title
 
-    inputs, loaded = _inputs_and_model(cfg, loaded_model)
+    if item_token_config(cfg.adapter):
+        raise ValueError(f"{cfg.adapter}: explanations with an item-token adapter are not supported yet")
+    inputs, loaded, _ = _inputs_and_model(cfg, loaded_model)
     tasks = build_tasks(inputs, split=cfg.split, max_users=cfg.max_users)
     backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress)
     if cfg.ranking:

@@ -160,6 +160,8 @@ class Ranker:
                 rows[i] = self._error_row(task, f"{type(exc).__name__}: {exc}")
         if self.pointwise:
             self._run_pointwise(tasks, built, rows)
+        elif self.mode == "items":
+            self._run_items(tasks, built, rows)
         elif self.mode == "score":
             self._run_score(tasks, built, rows)
         elif self.mode == "constrained":
@@ -207,6 +209,25 @@ class Ranker:
                 scores=scores,
                 truncated=any(p.truncated for p in prompts),
                 n_history=min(p.n_history_used for p in prompts),
+            )
+
+    def _run_items(self, tasks, built, rows) -> None:
+        """Item head: each candidate's score is the answer state . its item token, whatever its display position."""
+        if not built:
+            return
+        candidates = [[c.item_id for c in tasks[i].candidates] for i, _ in built]
+        outputs = self.backend.item_scores([p for _, p in built], candidates)
+        for (i, prompt), ids, out in zip(built, candidates, outputs, strict=True):
+            if isinstance(out, BackendError):
+                rows[i] = self._error_row(tasks[i], str(out), prompt)
+                continue
+            rows[i] = self._row(
+                tasks[i],
+                ranking=self._ranked_by_scores(ids, out),
+                valid=True,
+                scores=out,
+                truncated=prompt.truncated,
+                n_history=prompt.n_history_used,
             )
 
     def _run_pointwise(self, tasks, built, rows) -> None:

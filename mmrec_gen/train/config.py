@@ -35,7 +35,40 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
     """The mmrec options of both training commands; SFTTrainConfig / DPOTrainConfig add TRL's config class."""
 
     output_dir: str = field(metadata={"help": "Where checkpoints, the adapter and train_summary.json go."})
-    template: str = field(default="rank_listwise", metadata={"help": "Rank template id (the one used at inference)."})
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rank template id (the one used at inference); default rank_listwise, or with item tokens "
+            "rec_items (--head items) / rec_labels (--head labels)."
+        },
+    )
+    item_tokens: str = field(
+        default="",
+        metadata={
+            "help": "Item-token sources, a comma list of cf (SASRec item embeddings fitted on the train split), "
+            "text (--text-encoder embeddings of the item text), image (EfficientNet-Lite0 features of --images); "
+            "each item in the prompt then carries one soft token (projected features). Empty: none."
+        },
+    )
+    head: str = field(
+        default="labels",
+        metadata={
+            "help": "labels: next-token logits over candidate letters; items: the answer position's hidden "
+            "state . each item's token (needs --item-tokens; candidates need not be in the prompt)."
+        },
+    )
+    num_layers: int | None = field(
+        default=None,
+        metadata={"help": "Item-token runs: keep only the first N transformer layers (faster); default all."},
+    )
+    text_encoder: str = field(default="minilm", metadata={"help": "Encoder of the `text` item-token source."})
+    split: str = field(
+        default="test",
+        metadata={
+            "help": "Item-token runs: the split the adapter will rank (valid or test); cf features are fitted on "
+            "that split's training view, like `mmrec baseline sasrec --split`."
+        },
+    )
     target: str = field(
         default="score",
         metadata={
@@ -98,6 +131,21 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
     seed: int = field(default=0, metadata={"help": "Seed of windows, negatives, shuffling and initialisation."})
 
     def __post_init__(self):
+        from mmrec_gen.models.item_tokens import HEADS, SOURCES
+
+        sources = self.item_token_sources
+        if sorted(set(sources) - set(SOURCES)) or len(set(sources)) != len(sources):
+            raise ValueError(
+                f"--item-tokens must be a comma list of distinct {', '.join(SOURCES)}, got {self.item_tokens!r}"
+            )
+        if self.head not in HEADS:
+            raise ValueError(f"--head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.head == "items" and not sources:
+            raise ValueError("--head items scores items by their item tokens: pass --item-tokens (e.g. cf,text)")
+        if self.split not in ("valid", "test"):
+            raise ValueError(f"--split must be valid or test, got {self.split!r}")
+        if self.template is None:
+            self.template = "rank_listwise" if not sources else "rec_items" if self.head == "items" else "rec_labels"
         if self.target not in TARGETS:
             raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.quantization not in QUANTIZATION:
@@ -108,6 +156,14 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
             self, "per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "windows_per_user"
         )
         super().__post_init__()
+
+    @property
+    def item_token_sources(self) -> list[str]:
+        return [s.strip() for s in self.item_tokens.split(",") if s.strip()]
+
+    @property
+    def uses_item_tokens(self) -> bool:
+        return bool(self.item_token_sources)
 
     @property
     def uses_fast_path(self) -> bool:

@@ -350,6 +350,8 @@ def _dpo_trainer(cfg, loaded, model, ds, rendered, stats, callbacks):
 
 def run_sft(cfg: TrainConfig, loaded: LoadedModel | None = None, callbacks=()) -> dict:
     """Train (or resume) an SFT adapter; returns the summary written to train_summary.json."""
+    if cfg.uses_item_tokens:
+        raise ValueError("item-token runs train with train.item_trainer.run_item_sft (`mmrec train sft` picks it)")
     return _train("sft", cfg, loaded, callbacks, _sft_trainer)
 
 
