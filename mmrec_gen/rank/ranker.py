@@ -132,6 +132,17 @@ class Ranker:
         extra = {"truncated": prompt.truncated, "n_history": prompt.n_history_used} if prompt else {}
         return self._row(task, error=message, **extra)
 
+    def _scored_row(self, task: UserTask, candidate_ids, scores, prompts: Sequence[RenderedPrompt]) -> dict:
+        """A valid row ranked by per-candidate `scores` (in candidate-file order) from `prompts`."""
+        return self._row(
+            task,
+            ranking=self._ranked_by_scores(candidate_ids, scores),
+            valid=True,
+            scores=scores,
+            truncated=any(p.truncated for p in prompts),
+            n_history=min(p.n_history_used for p in prompts),
+        )
+
     @staticmethod
     def _ranked_by_scores(candidate_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
         # Stable sort: equal scores keep the candidate display order (the documented tie rule).
@@ -202,14 +213,7 @@ class Ranker:
                     for item_id, log_prob in zip(prompt.candidate_ids, log_probs, strict=True):
                         total[item_id] += log_prob
                 scores = [total[c] / len(prompts) for c in candidate_ids]
-            rows[i] = self._row(
-                tasks[i],
-                ranking=self._ranked_by_scores(candidate_ids, scores),
-                valid=True,
-                scores=scores,
-                truncated=any(p.truncated for p in prompts),
-                n_history=min(p.n_history_used for p in prompts),
-            )
+            rows[i] = self._scored_row(tasks[i], candidate_ids, scores, prompts)
 
     def _run_items(self, tasks, built, rows) -> None:
         """Item head: each candidate's score is the answer state . its item token, whatever its display position."""
@@ -221,14 +225,7 @@ class Ranker:
             if isinstance(out, BackendError):
                 rows[i] = self._error_row(tasks[i], str(out), prompt)
                 continue
-            rows[i] = self._row(
-                tasks[i],
-                ranking=self._ranked_by_scores(ids, out),
-                valid=True,
-                scores=out,
-                truncated=prompt.truncated,
-                n_history=prompt.n_history_used,
-            )
+            rows[i] = self._scored_row(tasks[i], ids, out, [prompt])
 
     def _run_pointwise(self, tasks, built, rows) -> None:
         if not built:
@@ -240,14 +237,7 @@ class Ranker:
                 continue
             scores = [o[0] - o[1] for o in outs]  # log-odds of Yes over No for each candidate
             candidate_ids = [c.item_id for c in tasks[i].candidates]
-            rows[i] = self._row(
-                tasks[i],
-                ranking=self._ranked_by_scores(candidate_ids, scores),
-                valid=True,
-                scores=scores,
-                truncated=any(p.truncated for p in prompts),
-                n_history=min(p.n_history_used for p in prompts),
-            )
+            rows[i] = self._scored_row(tasks[i], candidate_ids, scores, prompts)
 
     def _run_constrained(self, tasks, built, rows) -> None:
         if not built:
