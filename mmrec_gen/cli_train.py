@@ -44,9 +44,11 @@ def train_and_report(kind: str, cfg) -> int:
 
 
 def merge(cfg: MergeConfig) -> int:
+    from mmrec_gen.data.files import check_output_dir
     from mmrec_gen.models.adapters import read_adapter_metadata, with_adapter
     from mmrec_gen.models.registry import load_model
 
+    check_output_dir(cfg.out, "--out")
     base = cfg.model or (read_adapter_metadata(cfg.adapter) or {}).get("base_model")
     if base is None:
         raise ValueError(f"{cfg.adapter}: no mmrec_adapter.json names its base model; pass --model")

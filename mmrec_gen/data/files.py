@@ -11,6 +11,48 @@ from pathlib import Path
 from typing import IO
 
 
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_can_create_in(path: Path, flag: str, given: str | os.PathLike[str]) -> None:
+    """Raise ValueError unless a file or folder can be created at `path`: its nearest existing ancestor must be a
+    folder we can write in (probed with a temp file, so read-only mounts and missing permissions both show)."""
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise ValueError(
+            f"{flag} {given}: {existing} is a file, so nothing can be created under it; pick another path"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mmrec-write-check-", dir=existing)
+    except OSError as exc:
+        raise ValueError(
+            f"{flag} {given}: cannot write in {existing} ({exc.strerror}); pick a writable path"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_file(path: str | os.PathLike[str], flag: str = "--out") -> None:
+    """Before any compute: raise ValueError (naming `flag`, the path and the fix) unless `path` can be written as a
+    file. Creates nothing."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file path, e.g. {target / 'results.jsonl'}")
+    _check_can_create_in(target.parent, flag, path)
+
+
+def check_output_dir(path: str | os.PathLike[str], flag: str = "--output-dir") -> None:
+    """Before any compute: raise ValueError unless `path` is a folder we can write in, or can be created as one."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a folder; give a folder path (it is created if missing)")
+    _check_can_create_in(target, flag, path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], *, binary: bool = False) -> Iterator[IO]:
     """Write to a temp file in `path`'s folder, fsync, then rename it over `path`: a killed run never leaves a
@@ -43,6 +85,8 @@ class JSONLineError(ValueError):
 def iter_jsonl(path: str | os.PathLike[str], *, encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
     """(1-based line number, object) for every non-blank line; raises JSONLineError on the first bad line."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a JSONL file; pass the file itself (e.g. {path}/NAME.jsonl)")
     with path.open(encoding=encoding) as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mmrec_gen.data.candidates import get_or_create_candidates, load_candidate_file
 from mmrec_gen.data.data_args import EvalDataArguments
+from mmrec_gen.data.errors import DataFormatError
 from mmrec_gen.data.loaders import load_dataset
 from mmrec_gen.data.paths import candidates_dir
 from mmrec_gen.data.schema import CandidateFile, Dataset
@@ -39,6 +40,11 @@ def prepare_inputs(
     """Load the dataset, split it, and build (or reuse) the versioned candidate file every method shares."""
     ds = load_dataset(data, images_dir=images)
     split_result = split_dataset(ds)
+    if not split_result.users:
+        raise DataFormatError(
+            f"{data}: no user has 3 or more interactions ({split_result.dropped_users} users dropped), so there is "
+            "nothing to evaluate. Fix: add interactions (train, valid and test need one each per user)."
+        )
     if candidates:
         cand = load_candidate_file(candidates)
         if cand.split != split or cand.dataset != ds.name:
@@ -49,6 +55,8 @@ def prepare_inputs(
         unknown = [r.user_id for r in cand.rows if r.user_id not in split_result.users]
         if unknown:
             raise ValueError(f"{candidates}: user {unknown[0]} (and {len(unknown) - 1} more) not in {data}")
+        if not cand.rows:
+            raise DataFormatError(f"{candidates}: no users in this candidate file. Fix: pass a file with rows.")
     else:
         cand = get_or_create_candidates(
             ds, split_result, split, seed, num_candidates, Path(cache_dir) if cache_dir else candidates_dir()

@@ -149,6 +149,11 @@ def load_dataset(data_dir: str | Path, images_dir: str | Path | None = None) -> 
     raw = _READERS[source_format](root)
     counts = dict.fromkeys(FILTER_KEYS, 0)
     interactions = _apply_filters(raw, counts)
+    if interactions.empty:
+        dropped = f" (all {len(raw.interactions)} rows were dropped, see above)" if len(raw.interactions) else ""
+        raise DataFormatError(
+            f"{raw.interactions_path}: no interactions{dropped}. Fix: add (user, item, timestamp) rows to the file."
+        )
     items = raw.items
     if images_dir is not None:
         items = _attach_images(items, Path(images_dir))

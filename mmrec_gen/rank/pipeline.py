@@ -6,6 +6,7 @@ import copy
 import logging
 from dataclasses import replace
 
+from mmrec_gen.data.files import check_output_file
 from mmrec_gen.data.inputs import RunInputs, inputs_for, run_meta
 from mmrec_gen.data.schema import Dataset
 from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder
@@ -41,11 +42,11 @@ def build_tasks(
     return tasks
 
 
-def _inputs_and_model(cfg: RunConfig, loaded_model, item_config: dict | None = None):
-    """The run's inputs and model; with an item-token adapter (`item_config`), also its ItemTokens module."""
+def _load_run_model(cfg: RunConfig, inputs: RunInputs, loaded_model, item_config: dict | None = None):
+    """The run's model; with an item-token adapter (`item_config`), also its ItemTokens module. Called only after
+    every input has been checked, so bad input never waits for a model to load."""
     from mmrec_gen.models.registry import load_model
 
-    inputs = inputs_for(cfg)
     if cfg.images and not (item_config and "image" in item_config["sources"]):
         logger.warning("--images: item images are mapped, but %s reads item text only", cfg.model)
     loaded = loaded_model or load_model(cfg.model, dtype=cfg.dtype)
@@ -53,14 +54,14 @@ def _inputs_and_model(cfg: RunConfig, loaded_model, item_config: dict | None = N
         from mmrec_gen.rank.item_rank import load_item_token_model
 
         setup = load_item_token_model(cfg, item_config, inputs, loaded)
-        return inputs, setup.loaded, setup.item_tokens
+        return setup.loaded, setup.item_tokens
     if cfg.adapter:
         from mmrec_gen.models.adapters import with_adapter
 
         if loaded_model is not None:  # never change the caller's (possibly cached) model in place
             loaded = replace(loaded, model=copy.deepcopy(loaded.model))
         loaded = with_adapter(loaded, cfg.adapter, merge=cfg.merge_adapter, max_lora_rank=cfg.max_lora_rank)
-    return inputs, loaded, None
+    return loaded, None
 
 
 def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
@@ -69,6 +70,7 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
     from mmrec_gen.rank.backend import create_backend
     from mmrec_gen.rank.item_rank import apply_adapter_options, item_token_config
 
+    check_output_file(cfg.out)
     # An item-token adapter fixes its head, template and prompt budgets: nothing else needs to be passed.
     item_config = item_token_config(cfg.adapter)
     mode = cfg.mode
@@ -77,8 +79,9 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
         if cfg.mode != "score" or cfg.shots:
             raise ValueError(f"{cfg.adapter}: an item-token adapter ranks in score mode without shots")
         mode = "items" if item_config["head"] == "items" else "score"
-    inputs, loaded, item_tokens = _inputs_and_model(cfg, loaded_model, item_config)
+    inputs = inputs_for(cfg)
     tasks = build_tasks(inputs, split=cfg.split, max_users=cfg.max_users, shots=cfg.shots, seed=cfg.seed)
+    loaded, item_tokens = _load_run_model(cfg, inputs, loaded_model, item_config)
     max_new = {"score": 1, "items": 1, "constrained": 2 * inputs.candidate_file.num_candidates}
     builder = PromptBuilder.from_options(
         loaded.tokenizer, cfg.template, cfg, max_new.get(mode, cfg.max_new_tokens), item_tokens=bool(item_config)
@@ -115,11 +118,11 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
     from mmrec_gen.rank.item_rank import item_token_config
     from mmrec_gen.rank.titles import normalize_title
 
+    check_output_file(cfg.out)
     if item_token_config(cfg.adapter):
         raise ValueError(f"{cfg.adapter}: explanations with an item-token adapter are not supported yet")
-    inputs, loaded, _ = _inputs_and_model(cfg, loaded_model)
+    inputs = inputs_for(cfg)
     tasks = build_tasks(inputs, split=cfg.split, max_users=cfg.max_users)
-    backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress)
     if cfg.ranking:
         ranked = {r["user_id"]: r for r in read_results(cfg.ranking)}
         missing = [t.user_id for t in tasks if t.user_id not in ranked]
@@ -131,7 +134,9 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
                 f"{cfg.ranking} ranks candidate file(s) {sorted(map(str, hashes))}, but this run uses "
                 f"{inputs.candidate_file.path}: pass the same --split/--seed/--num-candidates (or --candidates)"
             )
-    else:
+    loaded, _ = _load_run_model(cfg, inputs, loaded_model)
+    backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress)
+    if not cfg.ranking:
         builder = PromptBuilder.from_options(loaded.tokenizer, "rank_listwise", cfg, 1)
         meta = run_meta(inputs, model=loaded.name, mode="score", template="rank_listwise", shots=0)
         ranked = {r["user_id"]: r for r in Ranker(backend, builder, "score", meta=meta).rank(tasks)}

@@ -12,6 +12,22 @@ from mmrec_gen.prompting.prompt_args import PromptArguments
 MODES = ("score", "constrained", "generate")
 
 
+def check_template(template: str, tasks: tuple[str, ...]) -> None:
+    """Raise ValueError at parse time (before data or a model load) unless `template` is a manifest id whose task
+    is one of `tasks`."""
+    from mmrec_gen.prompting.templates import load_manifest
+
+    specs = load_manifest()
+    fitting = sorted(t for t, spec in specs.items() if spec.task in tasks)
+    if template not in specs:
+        raise ValueError(f"--template {template!r} is not a prompt template; choose one of {', '.join(fitting)}")
+    if specs[template].task not in tasks:
+        raise ValueError(
+            f"--template {template!r} is for the {specs[template].task} task; this command takes one of "
+            f"{', '.join(fitting)}"
+        )
+
+
 @dataclass(kw_only=True)
 class RunConfig(PromptArguments, ModelArguments, EvalDataArguments):
     """What rank and explain share: data and candidates, the model, prompt budgets, batching."""
@@ -68,6 +84,7 @@ class RankConfig(RunConfig):
             raise ValueError(f"--shots must be >= 0, got {self.shots}")
         if self.template is None:
             self.template = "rank_fewshot" if self.shots > 0 else "rank_listwise"
+        check_template(self.template, ("rank", "pointwise"))
         if self.template == "pointwise" and self.mode != "score":
             raise ValueError("the pointwise template scores each candidate Yes/No: use it with --mode score")
         if self.permutations < 1:
@@ -92,3 +109,7 @@ class ExplainConfig(RunConfig):
     )
     template: str = field(default="explain", metadata={"help": "Explanation template id."})
     max_new_tokens: int = field(default=64, metadata={"help": "Explanation length in tokens."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_template(self.template, ("explain",))

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mmrec_gen.data.data_args import EvalDataArguments, check_positive
+from mmrec_gen.data.files import check_output_file
 from mmrec_gen.data.inputs import RunInputs, inputs_for, run_meta
 from mmrec_gen.data.schema import CandidateRow, Interaction
 from mmrec_gen.data.split import SplitResult, id_sort_key
@@ -407,6 +408,7 @@ def run_baseline(name: str, cfg: BaselineConfig) -> BaselineRun:
         raise ValueError(f"unknown baseline {name!r}: choose one of {', '.join(BASELINES)}")
     if not isinstance(cfg, CONFIGS[name]):
         raise ValueError(f"baseline {name!r} needs a {CONFIGS[name].__name__}, got {type(cfg).__name__}")
+    check_output_file(cfg.out)
     inputs = inputs_for(cfg)
     if cfg.images and name != "mse":
         logger.warning("--images: %s ignores item images", name)

@@ -13,6 +13,7 @@ import resource
 import time
 from pathlib import Path
 
+from mmrec_gen.data.files import check_output_dir
 from mmrec_gen.data.loaders import load_dataset
 from mmrec_gen.data.split import split_dataset
 from mmrec_gen.models.adapters import attach_adapter, write_adapter_metadata
@@ -56,6 +57,7 @@ def check_resume(cfg: TrainConfig, kind: str) -> str | None:
     """The checkpoint to resume from, or None; refuses to resume a run whose config changed (R9)."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    check_output_dir(cfg.output_dir)
     out = Path(cfg.output_dir)
     wanted = {"kind": kind, **cfg.fingerprint()}
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
