@@ -118,3 +118,59 @@ def test_format_table_mixed_protocols_warns(tmp_path):
 
 def test_format_table_empty():
     assert format_table([]) == "(no results)"
+
+
+def _malformed(row: dict, case: str) -> None:
+    if case == "ranking of 3 of 4":
+        row["ranking"] = row["ranking"][:3]
+    elif case == "id outside the candidates":
+        row["ranking"] = [*row["ranking"][:3], "zz"]
+    elif case == "target outside the candidates":
+        row["target"] = "zz"
+    elif case == "user_id null":
+        row["user_id"] = None
+    elif case == "no meta":
+        del row["meta"]
+    elif case == "meta without candidates_hash":
+        row["meta"] = {k: v for k, v in META.items() if k != "candidates_hash"}
+
+
+@pytest.mark.parametrize(
+    ("case", "field"),
+    [
+        ("ranking of 3 of 4", "'ranking' holds 3 of the 4 candidates"),
+        ("id outside the candidates", "'ranking' holds 'zz', which is not one of the 'candidates'"),
+        ("target outside the candidates", "'target' 'zz' is not one of the 4 'candidates'"),
+        ("user_id null", "'user_id' is missing or null"),
+        ("no meta", "'meta' is missing"),
+        ("meta without candidates_hash", "'meta' lacks candidates_hash"),
+    ],
+)
+def test_evaluate_file_refuses_malformed_rows_naming_file_line_and_field(tmp_path, case, field):
+    rows = make_rows(META, [1, 3, 2])
+    _malformed(rows[1], case)
+    path = tmp_path / "bad.jsonl"
+    write_results(path, rows)
+    with pytest.raises(ValueError) as info:
+        evaluate_file(path)
+    assert str(info.value).startswith(f"{path}:2: {field}")
+
+
+def test_a_partial_ranking_marked_invalid_counts_as_invalid(tmp_path):
+    rows = make_rows(META, [1, 1])
+    rows[1]["ranking"], rows[1]["valid"] = rows[1]["ranking"][:2], False
+    path = tmp_path / "partial.jsonl"
+    write_results(path, rows)
+    result = evaluate_file(path)
+    assert result["valid_ratio"] == 0.5 and result["hr@1"] == 0.5
+
+
+def test_evaluate_a_folder_is_a_one_line_error(tmp_path, capsys):
+    from mmrec_gen.cli import main
+
+    assert main(["evaluate", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"mmrec evaluate: error: {tmp_path} is a folder, not a JSONL file; pass the file itself (e.g. {tmp_path}/NAME.jsonl)\n"
+    )

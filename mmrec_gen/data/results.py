@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from mmrec_gen.data.files import JSONLineError, atomic_write, iter_jsonl
@@ -21,10 +21,13 @@ def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     Raises ValueError naming the file and the 1-based line number when a line is not a JSON object.
     """
-    rows: list[dict[str, Any]] = []
+    return [row for _, row in iter_results(path)]
+
+
+def iter_results(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, row) of a results JSONL file; raises ValueError like `read_results`."""
     try:
-        for _, row in iter_jsonl(path):
-            rows.append(row)
+        yield from iter_jsonl(path)
     except JSONLineError as err:
         if err.not_json:
             raise ValueError(
@@ -34,7 +37,6 @@ def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         raise ValueError(
             f"{err.path}:{err.line_no}: expected a JSON object (one result row per line), got {err.got}"
         ) from None
-    return rows
 
 
 def _dumps(row: dict[str, Any]) -> str:

@@ -43,9 +43,54 @@ _MEASURES = {
 
 
 def _user_id(row: dict[str, Any], index: int) -> str:
-    if "user_id" not in row:
+    if row.get("user_id") is None:
         raise ValueError(f"result row {index} has no 'user_id'; every row must name its user: {str(row)[:200]}")
     return str(row["user_id"])
+
+
+def row_problem(row: dict[str, Any]) -> str | None:
+    """What makes a result row unfit to score, naming the field and the fix; None for a fit row.
+
+    A row that claims a valid ranking (`valid` true, `ranking` set, no `error`) must rank exactly its candidates,
+    and every row's target must be one of its candidates: anything else would be scored as if it were a full
+    ranking (a ranking of 3 of 20 candidates only looks better). A row marked `valid: false` is counted as invalid.
+    """
+    valid = row.get("valid")
+    if valid is not None and not isinstance(valid, bool):
+        return f"'valid' must be true or false, got {valid!r}"
+    candidates = row.get("candidates")
+    if candidates is not None and (not isinstance(candidates, list) or not candidates):
+        return f"'candidates' must be a non-empty list of item ids, got {str(candidates)[:80]}"
+    cands = [str(c) for c in candidates or []]
+    if len(set(cands)) != len(cands):
+        return "'candidates' repeats an item; candidate lists come from the candidate file: re-run the command"
+    if cands and str(row.get("target")) not in cands:
+        return (
+            f"'target' {row.get('target')!r} is not one of the {len(cands)} 'candidates'; the row does not follow "
+            "its candidate file: re-run the command that wrote it"
+        )
+    if row.get("error") is not None or row.get("ranking") is None or not valid:
+        return None
+    ranking = row["ranking"]
+    if not isinstance(ranking, list):
+        return f"'ranking' must be a list of candidate ids, got {type(ranking).__name__}"
+    ranked = [str(item) for item in ranking]
+    if len(set(ranked)) != len(ranked):
+        return (
+            f"'ranking' repeats an item ({ranked}); rankings must be permutations of the candidates (the parser "
+            "guarantees this: was the row written by hand?)"
+        )
+    if not cands:
+        return "'candidates' is missing, so the ranking cannot be checked; re-run the command that wrote it"
+    outside = [item for item in ranked if item not in cands]
+    if outside:
+        return f"'ranking' holds {outside[0]!r}, which is not one of the 'candidates'; re-run the command"
+    if len(ranked) != len(cands):
+        return (
+            f"'ranking' holds {len(ranked)} of the {len(cands)} candidates; a valid row ranks every candidate: "
+            "re-run the command, or set 'valid': false to count the row as invalid"
+        )
+    return None
 
 
 def _is_scorable(row: dict[str, Any]) -> bool:
@@ -92,7 +137,8 @@ def ranking_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     qrels are {user_id: {target: 1}}; the run is {user_id: {item: float(len(ranking) - position)}} (distinct
     scores, so trec_eval's tie-break by document id never applies). Invalid users and error records score 0
     and are counted in `n_users`. Rates (`invalid_rate`, ...) are the fraction of users whose parser counter
-    is non-zero. Raises ValueError on duplicate users, mixed candidates hashes or an empty input.
+    is non-zero. Raises ValueError on duplicate users, mixed candidates hashes, an empty input or a row that
+    `row_problem` rejects.
     """
     candidates_hash = _check_rows(rows)
     n_users = len(rows)
@@ -109,15 +155,13 @@ def ranking_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ERROR_COUNTERS:
             if errors.get(key):
                 nonzero[key] += 1
+        problem = row_problem(row)
+        if problem:
+            raise ValueError(f"user {uid!r}: {problem}")
         if not _is_scorable(row):
             continue
         n_valid += 1
         ranking = [str(item) for item in row["ranking"]]
-        if len(set(ranking)) != len(ranking):
-            raise ValueError(
-                f"user {uid!r}: 'ranking' repeats an item ({ranking}); rankings must be permutations of the "
-                f"candidates (the parser guarantees this: was the row written by hand?)"
-            )
         qrels[uid] = {str(row["target"]): 1}
         run[uid] = {item: float(len(ranking) - pos) for pos, item in enumerate(ranking)}
 

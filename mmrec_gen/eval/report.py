@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmrec_gen.data.results import read_results
-from mmrec_gen.eval.metrics import ranking_metrics, rating_metrics, user_auc
+from mmrec_gen.data.results import iter_results
+from mmrec_gen.eval.metrics import ranking_metrics, rating_metrics, row_problem, user_auc
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,31 @@ def protocol_line(meta: dict[str, Any]) -> str:
     return "protocol: " + " ".join(parts)
 
 
+def file_row_problem(row: dict[str, Any]) -> str | None:
+    """`row_problem`, plus what a row read from a file must carry: its user and its run's protocol (`meta`)."""
+    if row.get("user_id") is None:
+        return "'user_id' is missing or null; every row names its user: re-run the command that wrote the file"
+    meta = row.get("meta")
+    missing = [key for key in _SHARED_KEYS if not isinstance(meta, dict) or meta.get(key) is None]
+    if missing:
+        what = "'meta' is missing" if not isinstance(meta, dict) else f"'meta' lacks {', '.join(missing)}"
+        return f"{what}; every row carries its run's protocol ({', '.join(_SHARED_KEYS)}): re-run the command"
+    return row_problem(row)
+
+
 def evaluate_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Ranking metrics of one results file, plus `auc` for pointwise templates with scores, `file` and `meta`.
 
+    Raises ValueError naming the file, the line and the field of the first row `file_row_problem` rejects.
+
     AUC is added when meta.template starts with "pointwise" and every non-error row carries `scores`.
     """
-    rows = read_results(path)
+    rows = []
+    for line_no, row in iter_results(path):
+        problem = file_row_problem(row)
+        if problem:
+            raise ValueError(f"{path}:{line_no}: {problem}")
+        rows.append(row)
     try:
         result = ranking_metrics(rows)
     except ValueError as exc:
