@@ -30,14 +30,20 @@ class MergeConfig:
 def train_and_report(kind: str, cfg) -> int:
     """Run one training command for a filled config and print its summary (also used by scripts/)."""
     from mmrec_gen.train.item_trainer import run_item_sft
-    from mmrec_gen.train.trainers import run_dpo, run_sft
+    from mmrec_gen.train.trainers import RunFinished, run_dpo, run_sft
 
-    if kind == "sft" and cfg.uses_item_tokens:
-        summary = run_item_sft(cfg)
-    elif cfg.uses_item_tokens:
-        raise ValueError("mmrec train dpo does not take --item-tokens yet: DPO on item-token adapters is not built")
-    else:
-        summary = (run_sft if kind == "sft" else run_dpo)(cfg)
+    try:
+        if kind == "sft" and cfg.uses_item_tokens:
+            summary = run_item_sft(cfg)
+        elif cfg.uses_item_tokens:
+            raise ValueError(
+                "mmrec train dpo does not take --item-tokens yet: DPO on item-token adapters is not built"
+            )
+        else:
+            summary = (run_sft if kind == "sft" else run_dpo)(cfg)
+    except RunFinished as done:  # the same command again after it finished: nothing to do, nothing touched
+        print(done)
+        summary = done.summary
     print(json.dumps(summary))
     print(f"adapter: {cfg.output_dir}  (use it with: mmrec rank --adapter {cfg.output_dir} ...)")
     return 0
@@ -80,7 +86,8 @@ def cmd_train(argv: Sequence[str]) -> int:
 _SFT_HELP = (
     "Supervised fine-tuning of a LoRA adapter on windows of the train split (never valid/test targets). "
     "The score target trains on the answer position only (--fast, the default); --target ranking and "
-    "--explanations use TRL's SFTTrainer. Killed runs resume from their last checkpoint."
+    "--explanations use TRL's SFTTrainer. Killed runs resume from their last checkpoint; a finished run (or a "
+    "folder of other files) is never trained over without --overwrite."
 )
 _DPO_HELP = (
     "DPO of a LoRA adapter (S-DPO with several negatives on the fast path, TRL's DPOTrainer otherwise), "

@@ -127,6 +127,13 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
     resume: bool = field(
         default=True, metadata={"help": "Continue from the last checkpoint in --output-dir when there is one."}
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into --output-dir even when it holds a finished run (any config) or files that mmrec did "
+            "not write; without it such a folder is refused, and a finished run of the same config is left as is."
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     seed: int = field(default=0, metadata={"help": "Seed of windows, negatives, shuffling and initialisation."})
 
@@ -171,10 +178,10 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
 
     def fingerprint(self) -> dict:
         """The fields that decide what a run computes; a resumed run must match them (else it would mix two runs):
-        every mmrec option (not resume/progress) and the TrainingArguments fields listed in FINGERPRINT_TRAINING."""
+        every mmrec option (not resume/progress/overwrite) and the TrainingArguments fields listed in FINGERPRINT_TRAINING."""
         own = {f.name for c in type(self).__mro__ if c in _MMREC_GROUPS or c is type(self) for f in fields(c)}
         training = {name for name in FINGERPRINT_TRAINING if hasattr(self, name)}  # beta: DPO only
-        names = sorted((own - _TRL_FIELDS - {"resume", "progress"}) | training)
+        names = sorted((own - _TRL_FIELDS - {"resume", "progress", "overwrite"}) | training)
         return {k: _plain(getattr(self, k)) for k in names}
 
 

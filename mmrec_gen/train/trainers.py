@@ -53,29 +53,71 @@ def answer_budget(cfg: TrainConfig) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ output folder
+class RunFinished(Exception):
+    """--output-dir holds a finished run with this very config: there is nothing to train, and it is left as is."""
+
+    def __init__(self, output_dir: Path, summary: dict) -> None:
+        super().__init__(f"{output_dir}: a finished run with this config; left as it is (--overwrite trains again)")
+        self.output_dir, self.summary = output_dir, summary
+
+
+def _changed(saved: dict | None, wanted: dict) -> str:
+    saved = saved or {}
+    return ", ".join(sorted(k for k in set(wanted) | set(saved) if saved.get(k) != wanted.get(k)))
+
+
+def _check_output_dir_holds_no_other_run(out: Path, saved: dict | None, wanted: dict) -> None:
+    """Raise RunFinished or ValueError unless training may write into `out` (R9: never lose a finished run)."""
+    if saved is None:
+        foreign = sorted(p.name for p in out.iterdir())
+        if foreign:
+            raise ValueError(
+                f"{out} holds files that no mmrec training run wrote ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); use a new --output-dir, or pass --overwrite to train into "
+                "it anyway (mmrec's files there are replaced, other files are kept)"
+            )
+        return
+    summary_path = out / SUMMARY_FILE
+    if summary_path.exists():
+        if saved == wanted:
+            raise RunFinished(out, json.loads(summary_path.read_text(encoding="utf-8")))
+        raise ValueError(
+            f"{out} holds a finished run with another config (changed: {_changed(saved, wanted)}); use a new "
+            "--output-dir, or pass --overwrite to replace it"
+        )
+
+
 def check_resume(cfg: TrainConfig, kind: str) -> str | None:
-    """The checkpoint to resume from, or None; refuses to resume a run whose config changed (R9)."""
+    """The checkpoint to resume from, or None. Refuses to resume a run whose config changed and to train over a
+    finished run or another tool's files unless --overwrite (R9); a finished run of this config raises
+    RunFinished."""
+    import shutil
+
     from transformers.trainer_utils import get_last_checkpoint
 
     check_output_dir(cfg.output_dir)
     out = Path(cfg.output_dir)
     wanted = {"kind": kind, **cfg.fingerprint()}
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
     saved_path = out / CONFIG_FILE
+    saved = json.loads(saved_path.read_text(encoding="utf-8")) if saved_path.exists() else None
+    if out.is_dir() and not cfg.overwrite:
+        _check_output_dir_holds_no_other_run(out, saved, wanted)
+    elif out.is_dir():  # --overwrite: start over; nothing of the old run may be resumed or reported later
+        stale = [*out.glob("checkpoint-*"), out / SUMMARY_FILE]
+        for path in stale:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        logger.warning("--overwrite: training %s from the start (its checkpoints and summary are removed)", out)
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last and cfg.resume:
-        saved = json.loads(saved_path.read_text(encoding="utf-8")) if saved_path.exists() else None
         if saved != wanted:
-            changed = sorted(k for k in set(wanted) | set(saved or {}) if (saved or {}).get(k) != wanted.get(k))
             raise ValueError(
-                f"{out} holds checkpoints of a run with another config (changed: {', '.join(changed)}); "
+                f"{out} holds checkpoints of a run with another config (changed: {_changed(saved, wanted)}); "
                 "resume with the same options, pass --resume false to start over there, or use a new --output-dir"
             )
         logger.info("resuming from %s", last)
     elif last:  # --resume false: start over, so that no stale checkpoint is resumed later
-        import shutil
-
-        for stale in out.glob("checkpoint-*"):
-            shutil.rmtree(stale)
+        for stale_checkpoint in out.glob("checkpoint-*"):
+            shutil.rmtree(stale_checkpoint)
         logger.warning("--resume false: removed the checkpoints in %s, training from the start", out)
     out.mkdir(parents=True, exist_ok=True)
     saved_path.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -351,7 +393,8 @@ def _dpo_trainer(cfg, loaded, model, ds, rendered, stats, callbacks):
 
 
 def run_sft(cfg: TrainConfig, loaded: LoadedModel | None = None, callbacks=()) -> dict:
-    """Train (or resume) an SFT adapter; returns the summary written to train_summary.json."""
+    """Train (or resume) an SFT adapter; returns the summary written to train_summary.json. Raises RunFinished
+    when --output-dir already holds this finished run."""
     if cfg.uses_item_tokens:
         raise ValueError("item-token runs train with train.item_trainer.run_item_sft (`mmrec train sft` picks it)")
     return _train("sft", cfg, loaded, callbacks, _sft_trainer)
