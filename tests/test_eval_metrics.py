@@ -234,3 +234,23 @@ def test_append_and_bad_line(tmp_path):
     path.write_text(json.dumps([1, 2]) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"r\.jsonl:1: expected a JSON object"):
         read_results(path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_get_the_umask_mode_and_a_replacement_is_logged(tmp_path, caplog, umask):
+    import logging
+    import os
+
+    old = os.umask(umask)
+    try:
+        path = tmp_path / "results.jsonl"
+        with caplog.at_level(logging.INFO, logger="mmrec_gen.data.results"):
+            write_results(path, [row("u1", 1)])
+            assert "replacing" not in caplog.text
+            assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+            path.chmod(0o644)
+            write_results(path, [row("u2", 1)])
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # never 0600 (mkstemp's mode)
+        assert f"replacing the existing {path}" in caplog.text
+    finally:
+        os.umask(old)

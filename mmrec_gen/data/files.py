@@ -53,6 +53,13 @@ def check_output_dir(path: str | os.PathLike[str], flag: str = "--output-dir") -
     _check_can_create_in(target, flag, path)
 
 
+def new_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0666 less the process umask."""
+    umask = os.umask(0o022)  # the stdlib reads the umask only by setting it: set it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], *, binary: bool = False) -> Iterator[IO]:
     """Write to a temp file in `path`'s folder, fsync, then rename it over `path`: a killed run never leaves a
@@ -61,6 +68,7 @@ def atomic_write(path: str | os.PathLike[str], *, binary: bool = False) -> Itera
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the file gets the mode open() would give it
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()

@@ -9,11 +9,14 @@ layer renames itself.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from mmrec_gen.data.files import JSONLineError, atomic_write, iter_jsonl
+
+logger = logging.getLogger(__name__)
 
 
 def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -44,7 +47,10 @@ def _dumps(row: dict[str, Any]) -> str:
 
 
 def write_results(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
-    """Write `rows` as JSONL atomically: a temp file in the target folder, fsync, then rename over `path`."""
+    """Write `rows` as JSONL atomically: a temp file in the target folder, fsync, then rename over `path` (logged
+    when it replaces an existing file)."""
+    if os.path.exists(path):
+        logger.info("replacing the existing %s", path)
     with atomic_write(path) as fh:
         for row in rows:
             fh.write(_dumps(row) + "\n")
