@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from mmrec_gen.data.files import check_output_file
 from mmrec_gen.data.inputs import RunInputs, inputs_for, run_meta
@@ -13,8 +13,12 @@ from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder
 from mmrec_gen.rank.fewshot import select_demos
 from mmrec_gen.rank.rank_config import ExplainConfig, RankConfig, RunConfig
 from mmrec_gen.rank.ranker import Ranker, UserTask
+from mmrec_gen.rank.resume import ResumableResults
 
 logger = logging.getLogger(__name__)
+
+# Users per results chunk, in batches: a kill loses at most one chunk of ranking work.
+CHUNK_BATCHES = 4
 
 
 def history_entries(ds: Dataset, interactions) -> list[HistoryEntry]:
@@ -65,9 +69,8 @@ def _load_run_model(cfg: RunConfig, inputs: RunInputs, loaded_model, item_config
 
 
 def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
-    """Rank every user of the candidate file (or the first --max-users) and write cfg.out; returns the rows."""
-    from mmrec_gen.data.results import write_results
-    from mmrec_gen.rank.backend import create_backend
+    """Rank every user of the candidate file (or the first --max-users) into cfg.out, continuing a killed run of
+    the same config (see rank/resume.py); returns the rows."""
     from mmrec_gen.rank.item_rank import apply_adapter_options, item_token_config
 
     check_output_file(cfg.out)
@@ -81,6 +84,37 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
         mode = "items" if item_config["head"] == "items" else "score"
     inputs = inputs_for(cfg)
     tasks = build_tasks(inputs, split=cfg.split, max_users=cfg.max_users, shots=cfg.shots, seed=cfg.seed)
+    chunk = CHUNK_BATCHES * cfg.batch_size
+    results = ResumableResults(cfg.out, rank_fingerprint(cfg, inputs), chunk=chunk, overwrite=cfg.overwrite)
+    rows = results.start([t.user_id for t in tasks])
+    todo = tasks[len(rows) :]
+    if todo:
+        ranker = _ranker(cfg, inputs, loaded_model, item_config, mode)
+        try:
+            # Chunks start at multiples of `chunk` from the first user, resumed or not: the same batches, the same rows.
+            for start in range(0, len(todo), chunk):
+                ranked = ranker.rank(todo[start : start + chunk])
+                results.append(ranked)
+                rows.extend(ranked)
+        finally:
+            results.close()
+    results.finish()
+    n_err = sum(1 for r in rows if r["error"])
+    logger.info("wrote %d rows (%d error rows) to %s", len(rows), n_err, cfg.out)
+    return rows
+
+
+def rank_fingerprint(cfg: RankConfig, inputs: RunInputs) -> dict:
+    """What decides a ranking run's rows: a resumed run must match it (every option but where the output and the
+    candidate cache go, and progress bars), plus the candidate file's content hash."""
+    skip = {"out", "progress", "overwrite", "cache_dir"}
+    options = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    return {**options, "candidates_hash": inputs.candidate_file.content_hash}
+
+
+def _ranker(cfg: RankConfig, inputs: RunInputs, loaded_model, item_config: dict | None, mode: str) -> Ranker:
+    from mmrec_gen.rank.backend import create_backend
+
     loaded, item_tokens = _load_run_model(cfg, inputs, loaded_model, item_config)
     max_new = {"score": 1, "items": 1, "constrained": 2 * inputs.candidate_file.num_candidates}
     builder = PromptBuilder.from_options(
@@ -93,7 +127,7 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
     if item_config:
         meta = {**meta, "head": item_config["head"], "item_tokens": item_config["sources"]}
     catalogue = sorted({item.title for item in inputs.dataset.items.values()}) if cfg.mode == "generate" else ()
-    ranker = Ranker(
+    return Ranker(
         backend,
         builder,
         mode,
@@ -103,11 +137,6 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
         permutations=cfg.permutations,
         seed=cfg.seed,
     )
-    rows = ranker.rank(tasks)
-    write_results(cfg.out, rows)
-    n_err = sum(1 for r in rows if r["error"])
-    logger.info("wrote %d rows (%d error rows) to %s", len(rows), n_err, cfg.out)
-    return rows
 
 
 def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:

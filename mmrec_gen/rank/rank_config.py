@@ -68,6 +68,13 @@ class RankConfig(RunConfig):
     max_new_tokens: int | None = field(
         default=None, metadata={"help": "Generate mode answer length; default 3 x candidates + 8."}
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Start --out over. Without it, the same command after a kill continues from the last complete "
+            "chunk of rows (<out>.run.json holds the run's config), and a run with other options is refused."
+        },
+    )
     permutations: int = field(
         default=1,
         metadata={
