@@ -58,7 +58,8 @@ class ItemExample:
 
 
 def _windows(sequence: list, length: int, limit: int) -> list[list]:
-    """Non-overlapping spans of `length` items ending at the sequence's end (most recent first), at most `limit`."""
+    """Spans of `length` items from the sequence's end backwards (most recent first), at most `limit`; neighbours
+    share their boundary item, so every item after the first is some window's answer or a slot's target once."""
     out, end = [], len(sequence)
     while end >= 2 and len(out) < limit:
         out.append(sequence[max(0, end - length) : end])
