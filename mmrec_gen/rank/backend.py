@@ -45,8 +45,8 @@ class RankBackend(Protocol):
     def constrained_rank(self, prompts: Sequence[RenderedPrompt], vocab: LabelVocab) -> list:
         """Per prompt: a full permutation of label indices decoded greedily over unused labels only, or a BackendError."""
 
-    def item_scores(self, prompts: Sequence[RenderedPrompt], candidates: Sequence[Sequence[str]]) -> list:
-        """Per prompt: the item head's score of each candidate item id (item-token backends), or a BackendError."""
+    def item_scores(self, prompts: Sequence[RenderedPrompt]) -> list:
+        """Per prompt: the item head's score of each of its candidate_ids (item-token backends), or a BackendError."""
 
 
 BACKENDS = Registry("backend")

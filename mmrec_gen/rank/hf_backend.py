@@ -107,20 +107,19 @@ class HFBackend:
 
         return self._map(prompts, run, "score")
 
-    def item_scores(self, prompts: Sequence[RenderedPrompt], candidates: Sequence[Sequence[str]]) -> list:
-        """Per prompt: the item head's score of each of its candidates (item ids), from the last position's state."""
+    def item_scores(self, prompts: Sequence[RenderedPrompt]) -> list:
+        """Per prompt: the item head's score of each of its candidate_ids, from the last position's state."""
         if self.item_tokens is None:
             raise ValueError("item scores need item tokens (an adapter trained with --head items)")
         from mmrec_gen.models.item_tokens import decoder_and_head
 
         decoder, _ = decoder_and_head(self.model)
-        wanted = {id(p): list(c) for p, c in zip(prompts, candidates, strict=True)}
 
         def run(batch: list[RenderedPrompt]) -> list:
             states = decoder(**self._inputs(batch), use_cache=False).last_hidden_state[:, -1, :]
             out = []
             for row, p in enumerate(batch):
-                index = self.item_tokens.indices(wanted[id(p)])
+                index = self.item_tokens.indices(p.candidate_ids)
                 out.append(self.item_tokens.score(states[row], index).float().cpu().tolist())
             return out
 

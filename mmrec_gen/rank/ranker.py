@@ -219,13 +219,12 @@ class Ranker:
         """Item head: each candidate's score is the answer state . its item token, whatever its display position."""
         if not built:
             return
-        candidates = [[c.item_id for c in tasks[i].candidates] for i, _ in built]
-        outputs = self.backend.item_scores([p for _, p in built], candidates)
-        for (i, prompt), ids, out in zip(built, candidates, outputs, strict=True):
+        outputs = self.backend.item_scores([p for _, p in built])
+        for (i, prompt), out in zip(built, outputs, strict=True):
             if isinstance(out, BackendError):
                 rows[i] = self._error_row(tasks[i], str(out), prompt)
                 continue
-            rows[i] = self._scored_row(tasks[i], ids, out, [prompt])
+            rows[i] = self._scored_row(tasks[i], prompt.candidate_ids, out, [prompt])
 
     def _run_pointwise(self, tasks, built, rows) -> None:
         if not built:

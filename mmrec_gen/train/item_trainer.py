@@ -186,8 +186,8 @@ def run_item_sft(cfg: TrainConfig, loaded=None) -> dict:
         max_text_chars=cfg.max_text_chars,
     )  # fmt: skip
     loaded = loaded or load_base(cfg)
-    full_fingerprint_model = loaded  # the adapter records the full base model (num_layers is item-token config)
-    write_adapter_metadata(cfg.output_dir, full_fingerprint_model, kind="sft", template=cfg.template, head=cfg.head)
+    # Written before the layer cut: the adapter records the full base model (num_layers is item-token config).
+    write_adapter_metadata(cfg.output_dir, loaded, kind="sft", template=cfg.template, head=cfg.head)
     builder = PromptBuilder.from_options(loaded.tokenizer, cfg.template, cfg, 1, item_tokens=True)
     index = {item: k for k, item in enumerate(features.item_ids)}
     if cfg.head == "items":
