@@ -85,21 +85,40 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="mmrec evaluate", description="Metrics of ranking JSONL files, one row per file.", allow_abbrev=False
+        prog="mmrec evaluate",
+        description="Metrics of ranking JSONL files (one table row per file) and of explanation files written by "
+        "`mmrec explain` (hallucinated titles, history citations, evidence precision, length, distinct-2, genre "
+        "accuracy: see mmrec_gen/eval/explain_metrics.py).",
+        allow_abbrev=False,
     )
-    parser.add_argument("files", nargs="+", help="JSONL files written by `mmrec rank` (or a baseline).")
+    parser.add_argument("files", nargs="+", help="JSONL files written by `mmrec rank`, a baseline or `mmrec explain`.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object per file instead of a table.")
     args = parser.parse_args(argv)
+    from mmrec_gen.eval.explain_metrics import (
+        JSON_KEYS,
+        evaluate_explanation_file,
+        format_explanation_table,
+        is_explanation_file,
+    )
     from mmrec_gen.eval.report import evaluate_file, format_table
 
-    results = [evaluate_file(f) for f in args.files]
-    if args.json:
+    explained = {f for f in args.files if is_explanation_file(f)}
+    by_file = {f: evaluate_explanation_file(f) if f in explained else evaluate_file(f) for f in args.files}
+    results = [by_file[f] for f in args.files if f not in explained]
+    explain_results = [by_file[f] for f in args.files if f in explained]
+    if args.json:  # one object per file, in the order given
         keys = ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr", "valid_ratio", "n_users", "candidates_hash")
-        for res in results:
+        for f, res in by_file.items():
+            if f in explained:  # exactly the explanation metrics' keys
+                print(json.dumps({k: res[k] for k in JSON_KEYS}, ensure_ascii=False))
+                continue
             extra = {k: v for k, v in res.items() if k not in keys and k != "meta" and not isinstance(v, dict)}
             print(json.dumps({**{k: res[k] for k in keys}, **extra}, ensure_ascii=False))
     else:
-        print(format_table(results))
+        tables = ([format_table(results)] if results else []) + (
+            [format_explanation_table(explain_results)] if explain_results else []
+        )
+        print("\n\n".join(tables))
     return 0
 
 
