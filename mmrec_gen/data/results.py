@@ -1,5 +1,5 @@
-"""Reading and writing ranking result files (JSONL, one row per user; the row layout is documented in
-`mmrec_gen.eval.metrics`).
+"""Reading and writing ranking result files (JSONL, one row per user; the row type is
+`mmrec_gen.data.rows.ResultRow`).
 
 Writes are atomic (temp file in the same folder + `os.replace`) so a killed job never leaves a half-written
 results file under the final name; `append_result` is the streaming counterpart for shard files that the job

@@ -1,6 +1,7 @@
 """Ranking, AUC and rating metrics on the project's one evaluation protocol (DESIGN.md).
 
-A result row (one per user, written by `mmrec rank`) looks like::
+A result row (one per user, written by `mmrec rank`, `mmrec batch-rank` and the baselines; the type is
+`mmrec_gen.data.rows.ResultRow`) looks like::
 
     {"user_id": str, "candidates": [ids in display order], "ranking": [ids, full permutation] or null,
      "target": id, "valid": bool, "raw_output": str or null, "errors": {"invalid": int, "duplicate": int,
@@ -30,7 +31,9 @@ import ir_measures
 from ir_measures import RR, Success, nDCG
 from sklearn.metrics import mean_absolute_error, roc_auc_score, root_mean_squared_error
 
-ERROR_COUNTERS = ("invalid", "duplicate", "missing", "out_of_candidate", "from_history")
+from mmrec_gen.data.rows import ERROR_KEYS
+
+ERROR_COUNTERS = ERROR_KEYS  # the parser counters every result row carries (data/rows.py)
 
 # Output key -> ir-measures measure.
 _MEASURES = {

@@ -1,19 +1,22 @@
-"""From a RankConfig to a results file: load data, split, candidate file, prompts, backend, rows."""
+"""From a RankConfig to a results file, in three parts: the plan (data, split, candidate file, tasks:
+`plan_rank`), the worker (model, backend and Ranker from a picklable spec: rank/worker.py) and the writer (a
+resumable JSONL: rank/resume.py). Batch jobs (mmrec_gen/jobs/) reuse the plan and the worker with their own writer.
+"""
 
 from __future__ import annotations
 
-import copy
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass
 
 from mmrec_gen.data.files import check_output_file
 from mmrec_gen.data.inputs import RunInputs, inputs_for, run_meta
-from mmrec_gen.data.schema import Dataset
+from mmrec_gen.data.schema import CandidateRow, Dataset
 from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder
 from mmrec_gen.rank.fewshot import select_demos
-from mmrec_gen.rank.rank_config import ExplainConfig, RankConfig, RunConfig
+from mmrec_gen.rank.rank_config import ExplainConfig, RankConfig
 from mmrec_gen.rank.ranker import Ranker, UserTask
 from mmrec_gen.rank.resume import ResumableResults
+from mmrec_gen.rank.worker import RankWorkerSpec, build_ranker, load_run_model
 
 logger = logging.getLogger(__name__)
 
@@ -25,55 +28,44 @@ def history_entries(ds: Dataset, interactions) -> list[HistoryEntry]:
     return [HistoryEntry(ds.items[i.item_id], i.rating) for i in interactions]
 
 
+def build_task(inputs: RunInputs, row: CandidateRow, *, split: str, shots: int = 0, seed: int = 0) -> UserTask:
+    """One user's task: history (before the `split` target), candidates, target and few-shot demos."""
+    ds, split_result = inputs.dataset, inputs.split_result
+    history, _ = split_result.users[row.user_id].history_and_target(split)
+    demos = (
+        select_demos(
+            ds, split_result, row.user_id, shots=shots, seed=seed, num_candidates=inputs.candidate_file.num_candidates
+        )
+        if shots
+        else ()
+    )
+    return UserTask(
+        row.user_id, history_entries(ds, history), [ds.items[c] for c in row.candidates], row.target, demos
+    )
+
+
 def build_tasks(
     inputs: RunInputs, *, split: str, max_users: int | None, shots: int = 0, seed: int = 0
 ) -> list[UserTask]:
-    ds, split_result, cand = inputs.dataset, inputs.split_result, inputs.candidate_file
-    rows = cand.rows[:max_users] if max_users else cand.rows
-    tasks = []
-    for row in rows:
-        history, _ = split_result.users[row.user_id].history_and_target(split)
-        demos = (
-            select_demos(ds, split_result, row.user_id, shots=shots, seed=seed, num_candidates=cand.num_candidates)
-            if shots
-            else ()
-        )
-        tasks.append(
-            UserTask(
-                row.user_id, history_entries(ds, history), [ds.items[c] for c in row.candidates], row.target, demos
-            )
-        )
-    return tasks
+    rows = inputs.candidate_file.rows
+    rows = rows[:max_users] if max_users else rows
+    return [build_task(inputs, row, split=split, shots=shots, seed=seed) for row in rows]
 
 
-def _load_run_model(cfg: RunConfig, inputs: RunInputs, loaded_model, item_config: dict | None = None):
-    """The run's model; with an item-token adapter (`item_config`), also its ItemTokens module. Called only after
-    every input has been checked, so bad input never waits for a model to load."""
-    from mmrec_gen.models.registry import load_model
+@dataclass
+class RankPlan:
+    """The plan side of a ranking run: its config (with an item-token adapter's prompt options applied), the
+    inputs (data, split, candidate file) and the worker spec that ranks them in any process."""
 
-    if cfg.images and not (item_config and "image" in item_config["sources"]):
-        logger.warning("--images: item images are mapped, but %s reads item text only", cfg.model)
-    loaded = loaded_model or load_model(cfg.model, dtype=cfg.dtype)
-    if item_config:
-        from mmrec_gen.rank.item_rank import load_item_token_model
-
-        setup = load_item_token_model(cfg, item_config, inputs, loaded)
-        return setup.loaded, setup.item_tokens
-    if cfg.adapter:
-        from mmrec_gen.models.adapters import with_adapter
-
-        if loaded_model is not None:  # never change the caller's (possibly cached) model in place
-            loaded = replace(loaded, model=copy.deepcopy(loaded.model))
-        loaded = with_adapter(loaded, cfg.adapter, merge=cfg.merge_adapter, max_lora_rank=cfg.max_lora_rank)
-    return loaded, None
+    config: RankConfig
+    inputs: RunInputs
+    worker: RankWorkerSpec
 
 
-def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
-    """Rank every user of the candidate file (or the first --max-users) into cfg.out, continuing a killed run of
-    the same config (see rank/resume.py); returns the rows."""
+def plan_rank(cfg: RankConfig) -> RankPlan:
+    """Check the options against the adapter, load data, split and candidate file; no model is loaded here."""
     from mmrec_gen.rank.item_rank import apply_adapter_options, item_token_config
 
-    check_output_file(cfg.out)
     # An item-token adapter fixes its head, template and prompt budgets: nothing else needs to be passed.
     item_config = item_token_config(cfg.adapter)
     mode = cfg.mode
@@ -83,13 +75,35 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
             raise ValueError(f"{cfg.adapter}: an item-token adapter ranks in score mode without shots")
         mode = "items" if item_config["head"] == "items" else "score"
     inputs = inputs_for(cfg)
+    meta = run_meta(inputs, model=None, mode=cfg.mode, template=cfg.template, shots=cfg.shots)
+    if item_config:
+        meta = {**meta, "head": item_config["head"], "item_tokens": item_config["sources"]}
+    catalogue = sorted({item.title for item in inputs.dataset.items.values()}) if cfg.mode == "generate" else ()
+    spec = RankWorkerSpec(
+        config=cfg,
+        mode=mode,
+        meta=meta,
+        num_candidates=inputs.candidate_file.num_candidates,
+        catalogue_titles=tuple(catalogue),
+        item_config=item_config,
+    )
+    return RankPlan(cfg, inputs, spec)
+
+
+def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
+    """Rank every user of the candidate file (or the first --max-users) into cfg.out, continuing a killed run of
+    the same config (see rank/resume.py); returns the rows."""
+    check_output_file(cfg.out)
+    plan = plan_rank(cfg)
+    cfg, inputs = plan.config, plan.inputs
     tasks = build_tasks(inputs, split=cfg.split, max_users=cfg.max_users, shots=cfg.shots, seed=cfg.seed)
     chunk = CHUNK_BATCHES * cfg.batch_size
+    # The writer: rows are appended per chunk next to a config sidecar, so a killed run continues.
     results = ResumableResults(cfg.out, rank_fingerprint(cfg, inputs), chunk=chunk, overwrite=cfg.overwrite)
     rows = results.start([t.user_id for t in tasks])
     todo = tasks[len(rows) :]
     if todo:
-        ranker = _ranker(cfg, inputs, loaded_model, item_config, mode)
+        ranker = build_ranker(plan.worker, loaded_model=loaded_model, inputs=inputs)
         try:
             # Chunks start at multiples of `chunk` from the first user, resumed or not: the same batches, the same rows.
             for start in range(0, len(todo), chunk):
@@ -104,39 +118,14 @@ def run_rank(cfg: RankConfig, loaded_model=None) -> list[dict]:
     return rows
 
 
-def rank_fingerprint(cfg: RankConfig, inputs: RunInputs) -> dict:
-    """What decides a ranking run's rows: a resumed run must match it (every option but where the output and the
-    candidate cache go, and progress bars), plus the candidate file's content hash."""
-    skip = {"out", "progress", "overwrite", "cache_dir"}
+RUN_ONLY_OPTIONS = frozenset({"out", "progress", "overwrite", "cache_dir"})
+
+
+def rank_fingerprint(cfg: RankConfig, inputs: RunInputs, skip: frozenset[str] = RUN_ONLY_OPTIONS) -> dict:
+    """What decides a ranking run's rows: a resumed run must match it (every option but `skip`: where the output
+    and the candidate cache go, and progress bars), plus the candidate file's content hash."""
     options = {k: v for k, v in asdict(cfg).items() if k not in skip}
     return {**options, "candidates_hash": inputs.candidate_file.content_hash}
-
-
-def _ranker(cfg: RankConfig, inputs: RunInputs, loaded_model, item_config: dict | None, mode: str) -> Ranker:
-    from mmrec_gen.rank.backend import create_backend
-
-    loaded, item_tokens = _load_run_model(cfg, inputs, loaded_model, item_config)
-    max_new = {"score": 1, "items": 1, "constrained": 2 * inputs.candidate_file.num_candidates}
-    builder = PromptBuilder.from_options(
-        loaded.tokenizer, cfg.template, cfg, max_new.get(mode, cfg.max_new_tokens), item_tokens=bool(item_config)
-    )
-    backend = create_backend(
-        cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress, item_tokens=item_tokens
-    )
-    meta = run_meta(inputs, model=loaded.name, mode=cfg.mode, template=cfg.template, shots=cfg.shots)
-    if item_config:
-        meta = {**meta, "head": item_config["head"], "item_tokens": item_config["sources"]}
-    catalogue = sorted({item.title for item in inputs.dataset.items.values()}) if cfg.mode == "generate" else ()
-    return Ranker(
-        backend,
-        builder,
-        mode,
-        meta=meta,
-        max_new_tokens=cfg.max_new_tokens,
-        catalogue_titles=catalogue,
-        permutations=cfg.permutations,
-        seed=cfg.seed,
-    )
 
 
 def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
@@ -163,7 +152,7 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
                 f"{cfg.ranking} ranks candidate file(s) {sorted(map(str, hashes))}, but this run uses "
                 f"{inputs.candidate_file.path}: pass the same --split/--seed/--num-candidates (or --candidates)"
             )
-    loaded, _ = _load_run_model(cfg, inputs, loaded_model)
+    loaded, _ = load_run_model(cfg, inputs, loaded_model)
     backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress)
     if not cfg.ranking:
         builder = PromptBuilder.from_options(loaded.tokenizer, "rank_listwise", cfg, 1)

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mmrec_gen.data.rows import ERROR_KEYS, ResultRow, rank_by_scores
 from mmrec_gen.data.schema import Item
 from mmrec_gen.data.seeding import rng_for
 from mmrec_gen.prompting.labels import label_token_ids
@@ -24,7 +25,6 @@ from mmrec_gen.rank.parsing import CandidateView, parse_ranking
 
 logger = logging.getLogger(__name__)
 
-ERROR_KEYS = ("invalid", "duplicate", "missing", "out_of_candidate", "from_history")
 YES_NO = ("Yes", "No")
 
 
@@ -53,10 +53,6 @@ def label_vocab(tokenizer, labels: Sequence[str], separator: str = ", ") -> Labe
     if len(seps) != 1:
         raise ValueError(f"the separator {separator!r} tokenizes differently before different labels: {seps}")
     return LabelVocab(tuple(first), tuple(cont), seps.pop())
-
-
-def empty_errors() -> dict[str, int]:
-    return dict.fromkeys(ERROR_KEYS, 0)
 
 
 def display_orders(seed: int, user_id: str, num_candidates: int, permutations: int) -> list[list[int]]:
@@ -110,22 +106,8 @@ class Ranker:
 
     # -- rows -------------------------------------------------------------------------------------------
     def _row(self, task: UserTask, **values) -> dict:
-        row = {
-            "user_id": task.user_id,
-            "candidates": [c.item_id for c in task.candidates],
-            "ranking": None,
-            "target": task.target,
-            "valid": False,
-            "raw_output": None,
-            "errors": empty_errors(),
-            "scores": None,
-            "truncated": False,
-            "n_history": 0,
-            "error": None,
-            "meta": self.meta,
-        }
-        row.update(values)
-        return row
+        candidates = [c.item_id for c in task.candidates]
+        return ResultRow(task.user_id, candidates, task.target, self.meta, **values).to_dict()
 
     def _error_row(self, task: UserTask, message: str, prompt: RenderedPrompt | None = None) -> dict:
         logger.warning("user %s: %s", task.user_id, message)
@@ -136,18 +118,12 @@ class Ranker:
         """A valid row ranked by per-candidate `scores` (in candidate-file order) from `prompts`."""
         return self._row(
             task,
-            ranking=self._ranked_by_scores(candidate_ids, scores),
+            ranking=rank_by_scores(candidate_ids, scores),
             valid=True,
             scores=scores,
             truncated=any(p.truncated for p in prompts),
             n_history=min(p.n_history_used for p in prompts),
         )
-
-    @staticmethod
-    def _ranked_by_scores(candidate_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
-        # Stable sort: equal scores keep the candidate display order (the documented tie rule).
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        return [candidate_ids[i] for i in order]
 
     # -- prompts ----------------------------------------------------------------------------------------
     def _build(self, task: UserTask) -> RenderedPrompt | list[RenderedPrompt]:

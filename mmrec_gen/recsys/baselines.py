@@ -14,7 +14,6 @@ fitted ratings: the global-mean predictor `mmrec evaluate` compares RMSE against
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,13 +22,13 @@ from typing import Any
 from mmrec_gen.data.data_args import EvalDataArguments, check_positive
 from mmrec_gen.data.files import check_output_file
 from mmrec_gen.data.inputs import RunInputs, inputs_for, run_meta
+from mmrec_gen.data.rows import ResultRow, rank_by_scores
 from mmrec_gen.data.schema import CandidateRow, Interaction
 from mmrec_gen.data.split import SplitResult, id_sort_key
 
 logger = logging.getLogger(__name__)
 
 BASELINES = ("pop", "sasrec", "mse")
-ERROR_COUNTERS = {"invalid": 0, "duplicate": 0, "missing": 0, "out_of_candidate": 0, "from_history": 0}
 
 
 @dataclass(kw_only=True)
@@ -137,20 +136,16 @@ def training_view(
 
 
 def ranking_from_scores(candidates: Sequence[str], scores: Sequence[float]) -> list[str]:
-    """Candidates by score (high first); equal scores by item id (id_sort_key), never by input order."""
-    return [c for _, c in sorted(zip(scores, candidates, strict=True), key=lambda p: (-p[0], id_sort_key(p[1])))]
+    """Candidates by score (high first); equal scores by item id (the result row's tie rule, data/rows.py)."""
+    return rank_by_scores(list(candidates), [float(s) for s in scores])
 
 
 def result_row(crow: CandidateRow, scores: Sequence[float], n_history: int, meta: dict, **extra) -> dict:
-    scores = [float(s) for s in scores]
-    if len(scores) != len(crow.candidates) or any(math.isnan(s) for s in scores):
-        raise ValueError(f"{len(scores)} scores for {len(crow.candidates)} candidates (or a NaN score)")
-    return {
-        "user_id": crow.user_id, "candidates": list(crow.candidates),
-        "ranking": ranking_from_scores(crow.candidates, scores), "target": crow.target, "valid": True,
-        "raw_output": None, "errors": dict(ERROR_COUNTERS), "scores": scores, "truncated": False,
-        "n_history": n_history, "error": None, "meta": meta, **extra,
-    }  # fmt: skip
+    if len(scores) != len(crow.candidates):
+        raise ValueError(f"{len(scores)} scores for {len(crow.candidates)} candidates")
+    return ResultRow.scored(
+        crow.user_id, crow.candidates, crow.target, scores, meta, n_history=n_history, **extra
+    ).to_dict()
 
 
 def rating_row(crow: CandidateRow, ratings: Sequence[float], n_history: int, meta: dict, true_rating) -> dict:
@@ -160,11 +155,7 @@ def rating_row(crow: CandidateRow, ratings: Sequence[float], n_history: int, met
 
 
 def error_row(crow: CandidateRow, message: str, meta: dict) -> dict:
-    return {
-        "user_id": crow.user_id, "candidates": list(crow.candidates), "ranking": None, "target": crow.target,
-        "valid": False, "raw_output": None, "errors": dict(ERROR_COUNTERS), "scores": None, "truncated": False,
-        "n_history": 0, "error": message, "meta": meta,
-    }  # fmt: skip
+    return ResultRow.failed(crow.user_id, crow.candidates, crow.target, message, meta).to_dict()
 
 
 def score_rows(
