@@ -1,4 +1,5 @@
-"""`mmrec` (also `python -m mmrec_gen`): rank, evaluate, explain, prompts, models, data, demo, train, baseline.
+"""`mmrec` (also `python -m mmrec_gen`): rank, batch-rank, evaluate, explain, prompts, models, data, demo, train,
+baseline.
 
 Heavy libraries (torch, transformers models) are imported inside the commands, so `--help` stays fast.
 """
@@ -15,6 +16,7 @@ USAGE = """usage: mmrec COMMAND [options]   (mmrec COMMAND --help for a command'
 
 commands:
   rank        rank each user's candidates with an LLM (modes: score, constrained, generate) -> JSONL
+  batch-rank  rank many users into resumable Parquet shards + manifest (--engine local|ray) -> DIR
   evaluate    metrics of one or more ranking JSONL files (HR@1, HR@5, NDCG@5/10, MRR, ValidRatio, errors)
   explain     explain each user's top-ranked item, with hallucination / history-citation checks -> JSONL
   prompts     `prompts list` shows the templates; `prompts validate` renders every template on sample data
@@ -91,7 +93,11 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         "accuracy: see mmrec_gen/eval/explain_metrics.py).",
         allow_abbrev=False,
     )
-    parser.add_argument("files", nargs="+", help="JSONL files written by `mmrec rank`, a baseline or `mmrec explain`.")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        help="JSONL files written by `mmrec rank`, a baseline or `mmrec explain`, or `mmrec batch-rank` folders.",
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON object per file instead of a table.")
     args = parser.parse_args(argv)
     from mmrec_gen.eval.explain_metrics import (
@@ -199,6 +205,12 @@ def cmd_baseline(argv: Sequence[str]) -> int:
     return run(argv)
 
 
+def cmd_batch_rank(argv: Sequence[str]) -> int:
+    from mmrec_gen.cli_batch import cmd_batch_rank as run
+
+    return run(argv)
+
+
 COMMANDS = {
     "rank": cmd_rank,
     "evaluate": cmd_evaluate,
@@ -209,6 +221,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "baseline": cmd_baseline,
+    "batch-rank": cmd_batch_rank,
 }
 
 

@@ -2,8 +2,12 @@
 `mmrec_gen.data.rows.ResultRow`).
 
 Writes are atomic (temp file in the same folder + `os.replace`) so a killed job never leaves a half-written
-results file under the final name; `append_result` is the streaming counterpart for shard files that the job
-layer renames itself.
+results file under the final name; `append_result` is the streaming counterpart (`mmrec rank`'s resumable file).
+
+A batch-rank output folder (`mmrec batch-rank`, mmrec_gen/jobs/) holds Parquet shards of the same rows plus a
+`manifest.json` written last; `iter_results` and `read_results` read such a folder like one JSONL file, in the
+manifest's shard order, and refuse a folder whose job has not finished. In a shard, `meta` and the extra keys
+(`extra`) are JSON text columns, because their keys differ between runs; the other fields are typed columns.
 """
 
 from __future__ import annotations
@@ -12,9 +16,14 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import IO, Any
 
 from mmrec_gen.data.files import JSONLineError, atomic_write, iter_jsonl
+from mmrec_gen.data.rows import ERROR_KEYS, ROW_FIELDS, ResultRow
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "mmrec-batch-rank/1"
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +36,17 @@ def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [row for _, row in iter_results(path)]
 
 
-def iter_results(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based line number, row) of a results JSONL file; raises ValueError like `read_results`."""
+def iter_results(path: str | os.PathLike[str]) -> Iterator[tuple[int | str, dict[str, Any]]]:
+    """(1-based line number, row) of a results JSONL file, or ("shard-00003.parquet row 5", row) of a batch-rank
+    output folder; raises ValueError like `read_results`."""
+    if Path(path).is_dir() and (Path(path) / MANIFEST).exists():
+        yield from iter_result_dir(path)
+        return
+    if Path(path).is_dir() and any(Path(path).glob("shard-*.parquet")):
+        raise ValueError(
+            f"{path}: a batch-rank folder without {MANIFEST}: its job has not finished; rerun the same "
+            "`mmrec batch-rank` command to complete it"
+        )
     try:
         yield from iter_jsonl(path)
     except JSONLineError as err:
@@ -60,3 +78,95 @@ def append_result(fh: IO[str], row: dict[str, Any]) -> None:
     """Append one row to an open text file and flush, so a crash loses at most the row being written."""
     fh.write(_dumps(row) + "\n")
     fh.flush()
+
+
+# -- batch-rank folders: Parquet shards + manifest -----------------------------------------------------------
+
+
+def _row_schema():
+    import pyarrow as pa
+
+    text_list = pa.list_(pa.string())
+    return pa.schema(
+        [
+            ("user_id", pa.string()), ("candidates", text_list), ("ranking", text_list), ("target", pa.string()),
+            ("valid", pa.bool_()), ("raw_output", pa.string()),
+            ("errors", pa.struct([(k, pa.int64()) for k in ERROR_KEYS])), ("scores", pa.list_(pa.float64())),
+            ("truncated", pa.bool_()), ("n_history", pa.int64()), ("error", pa.string()),
+            ("meta", pa.string()), ("extra", pa.string()),
+        ]
+    )  # fmt: skip
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def write_results_parquet(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows as one Parquet file atomically (a temp name in the same folder, fsync, rename)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, list] = {name: [] for name in (*ROW_FIELDS, "extra")}
+    for row in rows:
+        r = ResultRow.from_dict(row)
+        columns["user_id"].append(str(r.user_id))
+        columns["candidates"].append(None if r.candidates is None else [str(c) for c in r.candidates])
+        columns["ranking"].append(None if r.ranking is None else [str(c) for c in r.ranking])
+        columns["target"].append(_text(r.target))
+        columns["valid"].append(bool(r.valid))
+        columns["raw_output"].append(r.raw_output)
+        columns["errors"].append({k: int(r.errors.get(k, 0)) for k in ERROR_KEYS})
+        columns["scores"].append(None if r.scores is None else [float(s) for s in r.scores])
+        columns["truncated"].append(bool(r.truncated))
+        columns["n_history"].append(int(r.n_history))
+        columns["error"].append(r.error)
+        columns["meta"].append(_dumps(r.meta))
+        columns["extra"].append(_dumps(r.extra) if r.extra else None)
+    table = pa.Table.from_pydict(columns, schema=_row_schema())
+    with atomic_write(path, binary=True) as fh:
+        pq.write_table(table, fh)
+
+
+def read_results_parquet(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a Parquet shard, as the same dicts `to_dict` gives (and a JSONL line reads back as)."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for record in pq.read_table(path).to_pylist():
+        extra = json.loads(record.pop("extra") or "{}")
+        record["meta"] = json.loads(record["meta"])
+        rows.append(ResultRow(**record, extra=extra).to_dict())
+    return rows
+
+
+def read_shard_user_ids(path: str | os.PathLike[str]) -> list[str]:
+    """The user_id column of a Parquet shard (read alone: a cheap check of which users a shard holds)."""
+    import pyarrow.parquet as pq
+
+    return [str(u) for u in pq.read_table(path, columns=["user_id"]).column("user_id").to_pylist()]
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the manifest ({exc}); rerun the `mmrec batch-rank` command") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path}: not a {MANIFEST_FORMAT} manifest (format {manifest.get('format')!r})")
+    return manifest
+
+
+def iter_result_dir(folder: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("shard-00003.parquet row 5", row) for every row of a finished batch-rank folder, in manifest order."""
+    folder = Path(folder)
+    for shard in read_manifest(folder)["shards"]:
+        path = folder / shard["file"]
+        if not path.exists():
+            raise ValueError(f"{path}: listed in {folder / MANIFEST} but missing; rerun the batch-rank command")
+        rows = read_results_parquet(path)
+        if len(rows) != shard["rows"]:
+            raise ValueError(f"{path}: {len(rows)} rows, the manifest says {shard['rows']}; rerun the job")
+        for n, row in enumerate(rows, start=1):
+            yield f"{shard['file']} row {n}", row

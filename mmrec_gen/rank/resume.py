@@ -21,6 +21,17 @@ from mmrec_gen.data.results import append_result
 logger = logging.getLogger(__name__)
 
 
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The options whose values differ between a saved run config and this run's (sorted; [] when equal). Both
+    sides should be JSON round-tripped (`as_saved`), so a tuple and the list it reads back as compare equal."""
+    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+
+
+def as_saved(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint as it reads back from a JSON file."""
+    return json.loads(json.dumps(fingerprint))
+
+
 def sidecar_path(out: str | os.PathLike[str]) -> Path:
     return Path(f"{out}.run.json")
 
@@ -47,7 +58,7 @@ class ResumableResults:
 
     def __init__(self, out: str | os.PathLike[str], fingerprint: dict[str, Any], *, chunk: int, overwrite: bool):
         self.path, self.sidecar = Path(out), sidecar_path(out)
-        self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from the sidecar
+        self.fingerprint = as_saved(fingerprint)
         self.chunk, self.overwrite = chunk, overwrite
         self._fh: IO[str] | None = None
 
@@ -61,10 +72,8 @@ class ResumableResults:
         saved = json.loads(self.sidecar.read_text(encoding="utf-8")) if self.sidecar.exists() else None
         done: list[dict[str, Any]] = []
         if self.path.exists() and saved is not None and not self.overwrite:
-            config = saved.get("config") or {}
-            if config != self.fingerprint:
-                keys = set(config) | set(self.fingerprint)
-                changed = ", ".join(sorted(k for k in keys if config.get(k) != self.fingerprint.get(k)))
+            changed = ", ".join(config_changes(saved.get("config") or {}, self.fingerprint))
+            if changed:
                 raise ValueError(
                     f"{self.path} holds rows of a ranking run with another config (changed: {changed}); rerun with "
                     "the same options to continue it, pass --overwrite to start over, or use another --out"
