@@ -62,13 +62,15 @@ def cmd_rank(argv: Sequence[str]) -> int:
 
 
 def explain_and_report(cfg) -> int:
-    """Run `mmrec explain` for a filled ExplainConfig and print the check summary (also used by scripts/)."""
-    from mmrec_gen.rank.explain import explanation_summary
+    """Run `mmrec explain` for a filled ExplainConfig and print its explanation metrics (also used by scripts/)."""
+    from mmrec_gen.eval.explain_metrics import JSON_KEYS, explanation_metrics
     from mmrec_gen.rank.pipeline import run_explain
 
-    summary = explanation_summary(run_explain(cfg))
+    metrics = explanation_metrics(run_explain(cfg))
+    shown = [*JSON_KEYS, "n_errors"]
     print(
-        f"{cfg.out}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+        f"{cfg.out}: "
+        + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k in shown)
     )
     return 0
 

@@ -19,7 +19,7 @@ from mmrec_gen.prompting.item_slots import ItemMarkers
 from mmrec_gen.prompting.sanitize import neutralize
 
 # Top-level variables a template may use (see prompts/manifest.yaml).
-SCHEMA_FIELDS = frozenset({"history", "candidates", "demos", "item", "num_candidates"})
+SCHEMA_FIELDS = frozenset({"history", "candidates", "demos", "item", "num_candidates", "evidence"})
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,15 @@ class ContextBuilder:
             if rating is not None and math.isnan(float(rating)):
                 rating = None
             ctx["rating"] = None if rating is None else float(rating)
+            out.append(ctx)
+        return out
+
+    def evidence(self, entries: Sequence[Any], user_id: str, markers: ImageMarkers | None = None) -> list[dict]:
+        """Evidence items (prompting.evidence.Evidence): the item's context plus `shared` (neutralized values)."""
+        out = []
+        for e in entries:
+            ctx = self.item(e.item, user_id, markers)
+            ctx["shared"] = [self._clean(v, field="shared", item_id=e.item.item_id, user_id=user_id) for v in e.shared]
             out.append(ctx)
         return out
 

@@ -6,6 +6,7 @@ Context schema handed to templates (also documented in prompts/manifest.yaml):
     candidates:      list of {label: str, title: str, fields: dict[str, str], image?: str}, in display order
     demos:           list of {history, candidates, answer: str (label)}   (rank_fewshot; text only, no images)
     item:            {title: str, fields: dict[str, str], image?: str}    (explain, pointwise)
+    evidence:        list of {title, fields, shared: list[str], image?}   (explain; most related history first)
     num_candidates:  int
 
 All text is neutralized (sanitize.neutralize with the tokenizer's special tokens and `max_text_chars`).
@@ -192,10 +193,20 @@ class PromptBuilder:
 
         return self._build(user_id, history, fixed, candidate_ids=ids, labels=labels)
 
-    def explain(self, user_id: str, history: Sequence[HistoryEntry], item: Item) -> RenderedPrompt:
-        """Explanation prompt for one recommended item."""
+    def explain(
+        self, user_id: str, history: Sequence[HistoryEntry], item: Item, evidence: Sequence[Any] = ()
+    ) -> RenderedPrompt:
+        """Explanation prompt for one recommended item; `evidence` (prompting.evidence.Evidence, most related first)
+        is listed apart from the history and never cut by the token budget."""
         self._require_task("explain")
-        return self._build(user_id, history, self._item_ctx(user_id, item), candidate_ids=[item.item_id], labels=[])
+
+        def fixed(markers: ImageMarkers | None) -> dict[str, Any]:
+            return {
+                "item": self.context.item(item, user_id, markers),
+                "evidence": self.context.evidence(evidence, user_id, markers),
+            }
+
+        return self._build(user_id, history, fixed, candidate_ids=[item.item_id], labels=[])
 
     def pointwise(self, user_id: str, history: Sequence[HistoryEntry], item: Item) -> RenderedPrompt:
         """Yes/No prompt for one item."""

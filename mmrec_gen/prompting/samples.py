@@ -78,7 +78,19 @@ def sample_context(task: str) -> dict[str, Any]:
             "num_candidates": len(cands),
             "demos": [ctx.demo(d, candidate_labels(len(d.candidates)), SAMPLE_USER, 5) for d in sample_demos()],
         }
-    return {"history": history, "item": ctx.item(sample_item(), SAMPLE_USER)}
+    return {
+        "history": history,
+        "item": ctx.item(sample_item(), SAMPLE_USER),
+        "evidence": ctx.evidence(sample_evidence(), SAMPLE_USER),
+    }
+
+
+def sample_evidence():
+    """The evidence `mmrec explain` lists for the sample item (prompting.evidence.select_evidence)."""
+    from mmrec_gen.prompting.evidence import select_evidence
+
+    return select_evidence([h.item for h in sample_history()], sample_item())
+
 
 
 def render_sample(builder, template_id: str):
@@ -90,5 +102,5 @@ def render_sample(builder, template_id: str):
         demos = sample_demos() if "demos" in get_template(template_id).required_fields else ()
         return builder.rank(SAMPLE_USER, sample_history(), sample_candidates(), demos)
     if task == "explain":
-        return builder.explain(SAMPLE_USER, sample_history(), sample_item())
+        return builder.explain(SAMPLE_USER, sample_history(), sample_item(), sample_evidence())
     return builder.pointwise(SAMPLE_USER, sample_history(), sample_item())

@@ -28,6 +28,16 @@ class LabelVocab:
     sep_ids: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class ForcedChoice:
+    """An answer that starts with `lead`, continues with exactly one of `options` (the backend picks it: a choice
+    over their exact token sequences), then `bridge`, then free text (grounded explanations, rank/explain.py)."""
+
+    lead: str
+    options: tuple[str, ...]
+    bridge: str
+
+
 class BackendError(RuntimeError):
     """One prompt could not be processed (for example it still ran out of memory alone)."""
 
@@ -47,6 +57,13 @@ class RankBackend(Protocol):
 
     def item_scores(self, prompts: Sequence[RenderedPrompt]) -> list:
         """Per prompt: the item head's score of each of its candidate_ids (item-token backends), or a BackendError."""
+
+    def choose_then_generate(
+        self, prompts: Sequence[RenderedPrompt], choices: Sequence[ForcedChoice], max_new_tokens: int
+    ) -> list:
+        """Per prompt and its choice: (index of the option chosen, the greedy continuation after lead + option +
+        bridge, as text), or a BackendError. Each option is scored by the mean log-probability of its tokens after
+        the prompt and `lead` (the tokens all options share are the lead's); ties go to the first option."""
 
 
 BACKENDS = Registry("backend")

@@ -1,7 +1,13 @@
-"""Explanations for each user's top-ranked item, with per-explanation checks.
+"""Grounded explanations for each user's top-ranked item, with per-explanation checks.
+
+Grounding (default): the history items most related to the recommended item (prompting/evidence.py) are listed in
+the prompt as evidence; the answer is forced to start with the scaffold's lead ("Because you enjoyed"), the cited
+title is chosen among the evidence items' exact titles by the backend (`choose_then_generate`: the best mean token
+log-probability), and the model writes the rest. Without history (or with `grounded=False`) the model writes the
+whole explanation freely.
 
 Checks: `hallucinated_titles` are catalogue titles, or quoted titles, the text mentions that are neither in the
-user's history nor among the candidates; `cites_history` is whether at least one history title is mentioned.
+user's history nor among the candidates; `cited_history` the history titles it mentions (`cites_history`: any).
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ import re
 from collections.abc import Sequence
 
 from mmrec_gen.data.schema import Item
+from mmrec_gen.prompting.evidence import Evidence, answer_bridge, answer_lead, field_values, select_evidence
 from mmrec_gen.prompting.render import PromptBuilder
-from mmrec_gen.rank.backend import BackendError, RankBackend
+from mmrec_gen.prompting.sanitize import neutralize
+from mmrec_gen.rank.backend import BackendError, ForcedChoice, RankBackend
 from mmrec_gen.rank.ranker import UserTask
 from mmrec_gen.rank.titles import mentioned_titles, normalize_title
 
@@ -35,10 +43,12 @@ def check_explanation(text: str, history: Sequence[str], candidates: Sequence[st
         norm = normalize_title(quoted)
         if norm and norm not in known and not any(norm in a or a in norm for a in allowed if a):
             hallucinated.append(quoted.strip())
+    cited = [known[m] for m in mentioned if m in history_norm]
     return {
         "mentioned_titles": [known[m] for m in mentioned],
         "hallucinated_titles": hallucinated,
-        "cites_history": any(m in history_norm for m in mentioned),
+        "cited_history": cited,
+        "cites_history": bool(cited),
     }
 
 
@@ -51,31 +61,78 @@ def explain(
     catalogue: dict[str, str],
     max_new_tokens: int,
     meta: dict,
+    num_evidence: int = 3,
+    grounded: bool = True,
 ) -> list[dict]:
     """One row per task: the explanation of `top_items[i]` for tasks[i], or an error row naming the user."""
     rows: list[dict | None] = [None] * len(tasks)
-    prompts, index = [], []
+    prompts, index, evidences = [], [], []
     for i, (task, item) in enumerate(zip(tasks, top_items, strict=True)):
-        base = {"user_id": task.user_id, "item_id": item.item_id, "title": item.title, "target": task.target}
+        evidence = select_evidence([h.item for h in task.history], item, num_evidence) if grounded else []
+        base = {
+            "user_id": task.user_id,
+            "item_id": item.item_id,
+            "title": item.title,
+            "target": task.target,
+            "item_genres": field_values(item, "genres"),
+            "evidence": [
+                {"item_id": e.item.item_id, "title": e.item.title, "shared": list(e.shared)} for e in evidence
+            ],
+            "evidence_ids": [e.item.item_id for e in evidence],
+        }
         try:
-            prompts.append(builder.explain(task.user_id, task.history, item))
+            prompts.append(builder.explain(task.user_id, task.history, item, evidence))
             index.append(i)
+            evidences.append(evidence)
             rows[i] = base
         except (ValueError, KeyError) as exc:
             logger.warning("user %s: %s", task.user_id, exc)
             rows[i] = {**base, "explanation": None, "error": f"{type(exc).__name__}: {exc}", "meta": meta}
-    outputs = backend.generate(prompts, max_new_tokens) if prompts else []
-    for i, out in zip(index, outputs, strict=True):
+    texts = _generate(backend, builder, prompts, evidences, max_new_tokens)
+    for i, (out, cited_title) in zip(index, texts, strict=True):
         task, row = tasks[i], rows[i]
         if isinstance(out, BackendError):
             rows[i] = {**row, "explanation": None, "error": str(out), "meta": meta}
             continue
-        text = out.strip()
         checks = check_explanation(
-            text, [h.item.title for h in task.history], [c.title for c in task.candidates], catalogue
+            out, [h.item.title for h in task.history], [c.title for c in task.candidates], catalogue
         )
-        rows[i] = {**row, "explanation": text, **checks, "error": None, "meta": meta}
+        rows[i] = {**row, "cited_title": cited_title, "explanation": out, **checks, "error": None, "meta": meta}
     return rows  # type: ignore[return-value]
+
+
+def _generate(
+    backend: RankBackend,
+    builder: PromptBuilder,
+    prompts: list,
+    evidences: list[list[Evidence]],
+    max_new_tokens: int,
+) -> list[tuple[str | BackendError, str | None]]:
+    """(explanation text or BackendError, the cited evidence title or None) per prompt: a forced choice among the
+    evidence titles where there is evidence, free generation elsewhere."""
+    out: list = [None] * len(prompts)
+    grounded = [i for i, ev in enumerate(evidences) if ev]
+    free = [i for i, ev in enumerate(evidences) if not ev]
+    if grounded:
+        lead, bridge = answer_lead(), answer_bridge()
+        # Titles pass through the prompt's neutralizer, so a title can never put a control token into the answer.
+        clean = [
+            [neutralize(e.item.title, builder.special_tokens, builder.context.max_text_chars) for e in evidences[i]]
+            for i in grounded
+        ]
+        choices = [ForcedChoice(lead, tuple(f" {t}" for t in titles), bridge) for titles in clean]
+        results = backend.choose_then_generate([prompts[i] for i in grounded], choices, max_new_tokens)
+        for i, choice, res in zip(grounded, choices, results, strict=True):
+            if isinstance(res, BackendError):
+                out[i] = (res, None)
+                continue
+            pick, rest = res
+            text = (choice.lead + choice.options[pick] + choice.bridge + rest).strip()
+            out[i] = (text, evidences[i][pick].item.title)
+    if free:
+        for i, res in zip(free, backend.generate([prompts[i] for i in free], max_new_tokens), strict=True):
+            out[i] = (res if isinstance(res, BackendError) else res.strip(), None)
+    return out
 
 
 def explanation_summary(rows: Sequence[dict]) -> dict:
@@ -88,3 +145,8 @@ def explanation_summary(rows: Sequence[dict]) -> dict:
         "hallucination_rate": sum(bool(r["hallucinated_titles"]) for r in ok) / n,
         "mean_words": sum(len(r["explanation"].split()) for r in ok) / n,
     }
+
+
+def genre_vocabulary(items) -> list[str]:
+    """Every genre of a catalogue (`Item`s), sorted: the vocabulary genre accuracy reads mentions from."""
+    return sorted({g for item in items for g in field_values(item, "genres")})

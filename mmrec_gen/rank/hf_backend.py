@@ -8,19 +8,37 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from mmrec_gen.prompting.render import RenderedPrompt
-from mmrec_gen.rank.backend import BackendError, LabelVocab
+from mmrec_gen.rank.backend import BackendError, ForcedChoice, LabelVocab
 
 logger = logging.getLogger(__name__)
 
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass
+class _Tokens:
+    """Token ids to run for one user (what _pad and _map read), plus the option continuations to score."""
+
+    user_id: str
+    input_ids: list[int]
+    options: tuple[tuple[int, ...], ...] = ()
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs):
+            return i
+    return n
 
 
 class HFBackend:
@@ -181,3 +199,75 @@ class HFBackend:
             return orders
 
         return self._map(prompts, run, "constrained")
+
+    def option_scores(self, prompts: Sequence[RenderedPrompt], choices: Sequence[ForcedChoice]) -> list:
+        """Per prompt: the mean log-probability of each option's tokens after prompt + lead (the tokens all options
+        share are the lead's), or a BackendError. The prompt (+ lead) runs once; its KV cache is repeated once per
+        option, and all options of a batch are scored in one more forward pass."""
+        self._no_item_tokens("explanations")
+        if len(prompts) != len(choices):
+            raise ValueError(f"{len(prompts)} prompts but {len(choices)} choices; pass one choice per prompt")
+        scored = []
+        for p, c in zip(prompts, choices, strict=True):
+            if not c.options:
+                raise ValueError(f"user {p.user_id}: a forced choice needs at least one option")
+            seqs = [self._encode(c.lead + option) for option in c.options]
+            # Tokens every option shares (the lead's, up to where a title's first token may merge with it).
+            shared = _common_prefix([self._encode(c.lead), *seqs])
+            rest = tuple(tuple(s[shared:]) for s in seqs)
+            if not all(rest):
+                raise ValueError(f"user {p.user_id}: an option is empty or a prefix of the lead: {c.options}")
+            scored.append(_Tokens(p.user_id, [*p.input_ids, *seqs[0][:shared]], rest))
+
+        def score(batch: list[_Tokens]) -> list:
+            ids, mask = self._pad(batch)
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                logits_to_keep=1,
+            )  # fmt: skip
+            k = max(len(t.options) for t in batch)
+            width = max(len(o) for t in batch for o in t.options)
+            opt = torch.full((len(batch) * k, width), self.pad_id, dtype=torch.long, device=self.device)
+            opt_mask = torch.zeros_like(opt)
+            for row, t in enumerate(batch):
+                for j, o in enumerate(t.options):
+                    opt[row * k + j, : len(o)] = torch.tensor(o, dtype=torch.long)
+                    opt_mask[row * k + j, : len(o)] = 1
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(k)
+            attention = torch.cat([mask.repeat_interleave(k, 0), opt_mask], dim=-1)
+            start = mask.sum(-1).repeat_interleave(k)[:, None]
+            tail = self.model(
+                input_ids=opt, attention_mask=attention, position_ids=start + torch.arange(width, device=self.device),
+                past_key_values=cache, use_cache=True,
+            )  # fmt: skip
+            # Log-probability of option token t: from the prompt's last logits for t = 0, else from position t - 1.
+            logits = torch.cat([out.logits[:, -1:, :].repeat_interleave(k, 0), tail.logits[:, :-1, :]], dim=1)
+            token_logp = logits.float().log_softmax(-1).gather(-1, opt[..., None]).squeeze(-1) * opt_mask
+            mean = (token_logp.sum(-1) / opt_mask.sum(-1).clamp(min=1)).view(len(batch), k).cpu().tolist()
+            return [row[: len(t.options)] for row, t in zip(mean, batch, strict=True)]
+
+        return self._map(scored, score, "choose")
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def choose_then_generate(
+        self, prompts: Sequence[RenderedPrompt], choices: Sequence[ForcedChoice], max_new_tokens: int
+    ) -> list:
+        """The option with the best `option_scores` (the first of tied ones; a single option is not scored), then
+        greedy decoding after prompt + lead + option + bridge."""
+        many = [i for i, c in enumerate(choices) if len(c.options) > 1]
+        picks: list = [0] * len(prompts)
+        scores = self.option_scores([prompts[i] for i in many], [choices[i] for i in many])
+        for i, row in zip(many, scores, strict=True):
+            picks[i] = row if isinstance(row, BackendError) else max(range(len(row)), key=lambda j: (row[j], -j))
+        continued = []
+        for p, c, pick in zip(prompts, choices, picks, strict=True):
+            forced = [] if isinstance(pick, BackendError) else self._encode(c.lead + c.options[pick] + c.bridge)
+            continued.append(_Tokens(p.user_id, [*p.input_ids, *forced]))
+        texts = self.generate(continued, max_new_tokens)
+        return [
+            pick if isinstance(pick, BackendError) else text if isinstance(text, BackendError) else (pick, text)
+            for pick, text in zip(picks, texts, strict=True)
+        ]

@@ -132,7 +132,7 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
     """Explain each user's top-ranked item (from cfg.ranking, or from a score-mode ranking made here)."""
     from mmrec_gen.data.results import read_results, write_results
     from mmrec_gen.rank.backend import create_backend
-    from mmrec_gen.rank.explain import explain, explanation_summary
+    from mmrec_gen.rank.explain import explain, explanation_summary, genre_vocabulary
     from mmrec_gen.rank.item_rank import item_token_config
     from mmrec_gen.rank.titles import normalize_title
 
@@ -164,9 +164,11 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
     builder = PromptBuilder.from_options(loaded.tokenizer, cfg.template, cfg, cfg.max_new_tokens)
     catalogue = {normalize_title(item.title): item.title for item in ds.items.values()}
     meta = run_meta(inputs, model=loaded.name, mode="explain", template=cfg.template, shots=0)
+    meta = {**meta, "grounded": cfg.grounded, "genres": genre_vocabulary(ds.items.values())}
     explained = explain(
-        backend, builder, kept, top_items, catalogue=catalogue, max_new_tokens=cfg.max_new_tokens, meta=meta
-    )
+        backend, builder, kept, top_items, catalogue=catalogue, max_new_tokens=cfg.max_new_tokens, meta=meta,
+        num_evidence=cfg.num_evidence, grounded=cfg.grounded,
+    )  # fmt: skip
     by_user = {row["user_id"]: row for row in explained}
     # Users whose ranking was an error row still get a row naming them, in candidate-file order.
     rows = [

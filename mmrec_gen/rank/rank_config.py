@@ -116,7 +116,17 @@ class ExplainConfig(RunConfig):
     )
     template: str = field(default="explain", metadata={"help": "Explanation template id."})
     max_new_tokens: int = field(default=64, metadata={"help": "Explanation length in tokens."})
+    grounded: bool = field(
+        default=True,
+        metadata={
+            "help": "List the history items most related to the recommended item as evidence in the prompt, and "
+            "pick the cited title among them by constrained decoding before the model writes the rest; false: "
+            "free generation."
+        },
+    )
+    num_evidence: int = field(default=3, metadata={"help": "Evidence items listed (and choices for the citation)."})
 
     def __post_init__(self):
         super().__post_init__()
         check_template(self.template, ("explain",))
+        check_positive(self, "num_evidence")
