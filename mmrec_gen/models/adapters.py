@@ -19,6 +19,8 @@ from mmrec_gen.models.types import LoadedModel
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "mmrec_adapter.json"
+ADAPTER_CONFIG = "adapter_config.json"
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 DEFAULT_MAX_LORA_RANK = 64
 
 
@@ -45,17 +47,80 @@ def write_adapter_metadata(adapter_dir: str | Path, loaded: LoadedModel, **extra
 
 def read_adapter_metadata(adapter_dir: str | Path) -> dict | None:
     path = Path(adapter_dir, METADATA_FILE)
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    return _json_object(path) if path.exists() else None
+
+
+class AdapterFileError(ValueError):
+    """A damaged or foreign file in an adapter folder; the message names the file and the fix."""
+
+
+_DAMAGED = "copy the adapter folder again, or retrain it (`mmrec train sft|dpo --output-dir DIR`)"
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise AdapterFileError(f"{path}: not a UTF-8 JSON file ({exc.reason}); {_DAMAGED}") from None
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); {_DAMAGED}"
+        ) from None
+    if not isinstance(data, dict):
+        raise AdapterFileError(f"{path}: holds a JSON {type(data).__name__}, expected an object; {_DAMAGED}")
+    return data
+
+
+def check_adapter_files(adapter_dir: str | Path) -> dict:
+    """The adapter's `adapter_config.json`, after cheap checks that need no model (run when a command's options are
+    parsed, so a damaged adapter fails before any model loads): the folder exists; the config is a JSON object
+    naming a PEFT `peft_type`; the weights file exists and its safetensors header reads; our metadata is JSON."""
+    from peft import PeftType
+
+    adapter_dir = Path(adapter_dir)
+    config_path = adapter_dir / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json); pass the --output-dir of "
+            "`mmrec train sft|dpo` or a PEFT adapter folder"
+        )
+    config = _json_object(config_path)
+    peft_type = config.get("peft_type")
+    known = [t.value for t in PeftType]
+    if peft_type not in known:
+        what = "has no 'peft_type'" if peft_type is None else f"has peft_type {peft_type!r}, which PEFT does not know"
+        raise AdapterFileError(
+            f'{config_path}: {what} (e.g. "peft_type": "LORA"); it is not a PEFT adapter config. Fix: pass a '
+            "folder written by PEFT's save_pretrained (the --output-dir of `mmrec train sft|dpo`)"
+        )
+    weights = [adapter_dir / name for name in WEIGHT_FILES if (adapter_dir / name).is_file()]
+    if not weights:
+        raise AdapterFileError(
+            f"{adapter_dir}: has adapter_config.json but no weights file ({' or '.join(WEIGHT_FILES)}); {_DAMAGED}"
+        )
+    for path in sorted(adapter_dir.glob("*.safetensors")):  # the LoRA weights and, for item tokens, theirs
+        _check_safetensors(path)
+    if (adapter_dir / METADATA_FILE).exists():
+        _json_object(adapter_dir / METADATA_FILE)
+    return config
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            n = len(list(fh.keys()))
+    except Exception as exc:  # noqa: BLE001 - SafetensorError and OSError: either way the file cannot be used
+        raise AdapterFileError(f"{path}: not a readable safetensors file ({exc}); {_DAMAGED}") from None
+    if n == 0:
+        raise AdapterFileError(f"{path}: holds no tensors; {_DAMAGED}")
 
 
 def _adapter_config(adapter_dir: Path):
     from peft import PeftConfig
 
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise FileNotFoundError(
-            f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json); pass the --output-dir of "
-            "`mmrec train sft|dpo` or a PEFT adapter folder"
-        )
+    check_adapter_files(adapter_dir)
     return PeftConfig.from_pretrained(str(adapter_dir))
 
 

@@ -21,3 +21,10 @@ class ModelArguments(Arguments):
             "training continues it (for DPO: the SFT adapter) instead of starting a new one."
         },
     )
+
+    def __post_init__(self):
+        if self.adapter:
+            from mmrec_gen.models.adapters import check_adapter_files
+
+            check_adapter_files(self.adapter)  # a damaged adapter fails here, before data or a model loads
+        super().__post_init__()

@@ -60,7 +60,12 @@ def load_model(name_or_path: str, *, dtype: str = "auto", **from_pretrained_kwar
             f"unknown model {name_or_path!r}: not a registered name ({known}), not an existing folder, "
             "and not an HF id of the form owner/name"
         )
-    return load_hf_causal_lm(name_or_path, dtype=dtype, **from_pretrained_kwargs)
+    from mmrec_gen.models.hub import resolve_hub_model
+
+    # An offline hub is one clear error now, not a minute of retries inside from_pretrained.
+    source = resolve_hub_model(name_or_path, MODELS.names())
+    display = {} if source == name_or_path else {"display_name": name_or_path}
+    return load_hf_causal_lm(source, dtype=dtype, **display, **from_pretrained_kwargs)
 
 
 @lru_cache(maxsize=2)
