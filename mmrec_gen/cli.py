@@ -21,10 +21,13 @@ commands:
   explain     explain each user's top-ranked item, with hallucination / history-citation checks -> JSONL
   prompts     `prompts list` shows the templates; `prompts validate` renders every template on sample data
   models      list registered model names (any HF model id or local folder works too)
-  data        `data synth --out DIR` writes the synthetic multimodal dataset
+  data        `data synth --out DIR` writes the synthetic multimodal dataset; `data check-images --images DIR`
+              lists bad item images
   demo        synthetic data -> SmolLM2 ranks (3 modes) and explains -> metrics table
-  train       `train sft|dpo` tunes a LoRA adapter (TRL + PEFT); `train merge` folds it into the base model
+  train       `train sft|dpo` tunes a LoRA adapter (TRL + PEFT); `train merge` folds it into the base model;
+              `train align` aligns the image item-token projector (LLaVA stage 1)
   baseline    `baseline pop|sasrec|mse` ranks the same candidate files with a classic recommender -> JSONL
+  report      one self-contained HTML page: metrics, plots and per-user cards (posters, ranks, explanations)
 """
 
 
@@ -130,6 +133,38 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_report(argv: Sequence[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="mmrec report",
+        description="Write one self-contained HTML file (inline CSS, images and plots embedded; opens with no network "
+        "and no server): the metrics table of every run under its protocol line, HR@k and held-out-rank plots, the "
+        "training loss of runs ranked with an --adapter, and one card per sampled user with history and ranking "
+        "posters, the held-out item marked, each run's rank for it and the explanation with cited titles marked.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("runs", nargs="+", help="Ranking JSONL files (mmrec rank / baseline) on one candidate file.")
+    parser.add_argument("--data", required=True, help="The dataset folder the runs were made on.")
+    parser.add_argument("--out", required=True, help="The HTML file to write.")
+    parser.add_argument("--explanations", help="An `mmrec explain` JSONL of the same users (metrics and cards).")
+    parser.add_argument("--images", help="Item image folder (<item_id>.jpg|.png), as for mmrec rank --images.")
+    parser.add_argument("--users", default="20", help="Users shown as cards: a number (the first N) or a file of ids.")
+    parser.add_argument("--history", type=int, default=20, help="History items shown per user (the most recent).")
+    parser.add_argument("--thumb-px", type=int, default=96, help="Thumbnail size (longer side, pixels).")
+    parser.add_argument("--labels", nargs="+", default=[], help="One label per run (default: the file names).")
+    args = parser.parse_args(argv)
+    from mmrec_gen.eval.html_report import ReportConfig, write_report
+
+    cfg = ReportConfig(
+        runs=args.runs, data=args.data, out=args.out, explanations=args.explanations, images=args.images,
+        users=args.users, history=args.history, thumb_px=args.thumb_px, runs_labels=args.labels,
+    )  # fmt: skip
+    path = write_report(cfg)
+    print(f"report: {path.resolve()}")
+    return 0
+
+
 def cmd_prompts(argv: Sequence[str]) -> int:
     import argparse
 
@@ -176,7 +211,24 @@ def cmd_data(argv: Sequence[str]) -> int:
     synth.add_argument("--items", type=int, default=300)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--no-images", action="store_true")
+    check = sub.add_parser(
+        "check-images",
+        help="List bad item images (missing, empty, not an image, truncated, oversized) and odd ones (CMYK/P/RGBA/"
+        "16-bit, EXIF-rotated, wrong extension); exit 1 when any is bad.",
+    )
+    check.add_argument("--images", required=True, help="Folder of <item_id>.jpg|png item images.")
+    check.add_argument("--data", default=None, help="Also check the dataset's items (items without a file counted).")
+    check.add_argument("--max-image-pixels", type=int, default=None, help="Refuse larger images (default 25 MP).")
+    check.add_argument("--json", action="store_true", help="Print one JSON object (every file) instead of a table.")
     args = parser.parse_args(argv)
+    if args.action == "check-images":
+        from mmrec_gen.data.images import DEFAULT_MAX_IMAGE_PIXELS, check_images, image_entries, report_table
+
+        report = check_images(
+            image_entries(args.images, args.data), max_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
+        )
+        print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report_table(report))
+        return 1 if report.bad else 0
     from mmrec_gen.data.synthetic import generate_synthetic
 
     path = generate_synthetic(
@@ -223,6 +275,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "baseline": cmd_baseline,
+    "report": cmd_report,
     "batch-rank": cmd_batch_rank,
 }
 

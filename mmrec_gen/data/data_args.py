@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mmrec_gen.data.images import DEFAULT_MAX_IMAGE_PIXELS, check_policy
+
 SPLITS = ("valid", "test")
 
 
@@ -36,6 +38,17 @@ def check_positive(cfg, *names: str) -> None:
 class DataArguments(Arguments):
     data: str = field(metadata={"help": "Dataset folder (MovieLens 100K/1M/latest or generic JSONL/Parquet)."})
     images: str | None = field(default=None, metadata={"help": "Folder of <item_id>.jpg|png item images."})
+    on_bad_image: str = field(
+        default="skip",
+        metadata={
+            "help": "What a missing, empty, truncated, non-image or oversized image file becomes: skip (the item "
+            "gets no image), placeholder (a grey image) or fail (stop, naming the file). Counted and logged."
+        },
+    )
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metadata={"help": "Refuse images with more pixels (decompression bombs), before decoding them."},
+    )
     num_candidates: int = field(default=20, metadata={"help": "Candidates per user (target + negatives)."})
     max_users: int | None = field(default=None, metadata={"help": "Use only the first N users (by user id)."})
     seed: int = field(default=0, metadata={"help": "Global seed; per-user seeds derive from (seed, user id)."})
@@ -43,7 +56,8 @@ class DataArguments(Arguments):
     def __post_init__(self):
         if self.num_candidates < 2:
             raise ValueError(f"--num-candidates must be >= 2, got {self.num_candidates}")
-        check_positive(self, "max_users")
+        check_positive(self, "max_users", "max_image_pixels")
+        check_policy(self.on_bad_image)
         super().__post_init__()
 
 

@@ -5,8 +5,11 @@ A stop-gap until the multimodal issue's image encoder exists: the weights come f
 the network is rebuilt here in plain PyTorch (no torchvision): MBConv blocks without squeeze-excitation, ReLU6,
 TF-"same" padding, BatchNorm eps 1e-3, inputs 224x224 scaled to [-1, 1] as EfficientNet-Lite expects.
 
-An item without an image, or whose file cannot be decoded (truncated, 0 bytes, decompression bomb), gets a zero
-vector; such items are counted and logged (a missing image is a placeholder, never a crash), never a crash mid-run.
+Images are read through `mmrec_gen.data.images` (the one image reader): an item without an image gets a zero vector;
+a bad file (missing, empty, not an image, truncated, above --max-image-pixels) follows --on-bad-image: `skip` gives a
+zero vector (no-image features), `placeholder` the features of a grey image, `fail` stops before any training with an
+error naming the file. Bad files are counted; the log names the first three, and the full list is written next to
+the cached table (`<table>.images.json`) for the run summary. Nothing fails in the middle of a run.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +28,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmrec_gen.data.files import atomic_write
+from mmrec_gen.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageReader, ImageReport, open_image
 from mmrec_gen.data.paths import package_file
-from mmrec_gen.features.cache import cache_file, cached_table
+from mmrec_gen.features.cache import cache_file, save_npy_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +115,17 @@ def load_efficientnet_lite0() -> EfficientNetLite0:
     return model.eval()
 
 
-def load_image_tensor(path: str, size: int = 224) -> torch.Tensor:
-    """(3, size, size) float tensor in [-1, 1]; EXIF rotation applied; raises OSError/ValueError on a bad file."""
-    from PIL import Image, ImageOps
+def image_tensor(img, size: int = 224) -> torch.Tensor:
+    """(3, size, size) float tensor in [-1, 1] of an RGB PIL image (as EfficientNet-Lite expects)."""
+    from PIL import Image
 
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-        arr = np.asarray(img, dtype=np.float32)
+    arr = np.asarray(img.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
     return torch.from_numpy((arr - 127.0) / 128.0).permute(2, 0, 1)
+
+
+def load_image_tensor(path: str, size: int = 224, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """(3, size, size) float tensor in [-1, 1] of the upright RGB image; raises BadImageError on a bad file."""
+    return image_tensor(open_image(path, max_pixels=max_pixels).image, size)
 
 
 def image_features(
@@ -126,13 +135,15 @@ def image_features(
     size: int = 224,
     batch_size: int = 32,
     progress: bool = True,
+    reader: ImageReader | None = None,
+    item_ids: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """(len(paths), 1280) float32; rows of missing or unreadable images are zero (counted and logged)."""
-    from PIL import Image
+    """(len(paths), 1280) float32. Rows of items without an image, and of bad images under `skip`, are zero; the
+    reader (default: `skip`) applies the --on-bad-image policy and counts every bad file in `reader.report`."""
     from tqdm.auto import tqdm
 
+    reader = reader or ImageReader("skip", placeholder_size=size)
     out = np.zeros((len(paths), FEATURE_DIM), dtype=np.float32)
-    missing, bad = 0, []
     todo: list[tuple[int, torch.Tensor]] = []
 
     def flush():
@@ -143,45 +154,78 @@ def image_features(
         todo.clear()
 
     for row, path in enumerate(tqdm(paths, desc="image features", unit="image", disable=not progress)):
-        if not path:
-            missing += 1
+        img = reader.read(path or None, item_ids[row] if item_ids is not None else None)
+        if img is None:
             continue
-        try:
-            todo.append((row, load_image_tensor(path, size)))
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            bad.append(f"{path} ({type(exc).__name__})")
-            continue
+        todo.append((row, image_tensor(img, size)))
         if len(todo) == batch_size:
             flush()
     if todo:
         flush()
-    if missing or bad:
-        logger.warning(
-            "image features: %d items without an image, %d unreadable images (zero vectors)%s",
-            missing, len(bad), f"; first: {bad[:3]}" if bad else "",
-        )  # fmt: skip
     return out
 
 
-def cached_image_features(
-    encoder: str, ds, item_ids: Sequence[str], *, size: int = 224, cache_dir: str | os.PathLike[str] | None = None
-) -> np.ndarray:
-    """Image features of `item_ids` (ds.items[i].image), one row per id in that order; computed once and cached."""
+@dataclass
+class ImageFeatureTable:
+    table: np.ndarray  # one row per item id, in the order asked for
+    report: ImageReport  # bad and fixed image files met while computing the table
+    report_path: Path  # the report as JSON, next to the cached table
+
+
+def image_feature_table(
+    encoder: str,
+    ds,
+    item_ids: Sequence[str],
+    *,
+    size: int = 224,
+    cache_dir: str | os.PathLike[str] | None = None,
+    on_bad_image: str = "skip",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> ImageFeatureTable:
+    """Image features of `item_ids` (ds.items[i].image) under the --on-bad-image policy, computed once and cached
+    with the report of bad images (re-logged on a cache hit, so every run names them)."""
     if encoder not in IMAGE_ENCODERS:
         raise ValueError(f"unknown image encoder {encoder!r}: choose one of {', '.join(IMAGE_ENCODERS)}")
+    reader = ImageReader(on_bad_image, max_image_pixels, placeholder_size=size)  # checks both options first
     paths = [ds.items[i].image for i in item_ids]
-    digest = hashlib.sha256(f"{encoder}|size={size}".encode())
+    digest = hashlib.sha256(f"{encoder}|size={size}|bad={on_bad_image}|max_pixels={max_image_pixels}".encode())
     for path in paths:  # the file's size and mtime stand in for its bytes, so a replaced image is re-encoded
         stat = os.stat(path) if path and os.path.exists(path) else None
         digest.update(json.dumps([path, stat.st_size if stat else None, stat.st_mtime_ns if stat else None]).encode())
     target = cache_file(f"{encoder}-images", digest.hexdigest(), cache_dir)
-
-    def compute() -> np.ndarray:
+    report_path = target.with_suffix(".images.json")
+    if target.is_file() and report_path.is_file():
+        logger.info("image features: reusing %s", target)
+        table = np.load(target)
+        report = ImageReport.from_dict(json.loads(report_path.read_text(encoding="utf-8")))
+    else:
         if not any(paths):
             raise ValueError("--images: no item has an image in that folder (<item_id>.jpg|png); check the path")
         logger.info(
             "image features: encoding %d images with %s (once; cached at %s)", sum(map(bool, paths)), encoder, target
         )
-        return image_features(load_efficientnet_lite0(), paths, size=size)
+        table = image_features(load_efficientnet_lite0(), paths, size=size, reader=reader, item_ids=list(item_ids))
+        report = reader.report
+        # The report first, the table last: a table on disk always has its report.
+        with atomic_write(report_path) as fh:
+            json.dump(report.to_dict(), fh, indent=1, ensure_ascii=False)
+        save_npy_atomic(target, table)
+    report.log(logger, "image features", str(report_path))
+    return ImageFeatureTable(table, report, report_path)
 
-    return cached_table(target, None, compute, "image features")
+
+def cached_image_features(
+    encoder: str,
+    ds,
+    item_ids: Sequence[str],
+    *,
+    size: int = 224,
+    cache_dir: str | os.PathLike[str] | None = None,
+    on_bad_image: str = "skip",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> np.ndarray:
+    """`image_feature_table(...).table`: for callers that only need the features (the report is still logged)."""
+    return image_feature_table(
+        encoder, ds, item_ids, size=size, cache_dir=cache_dir, on_bad_image=on_bad_image,
+        max_image_pixels=max_image_pixels,
+    ).table  # fmt: skip

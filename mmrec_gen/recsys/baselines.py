@@ -13,6 +13,7 @@ fitted ratings: the global-mean predictor `mmrec evaluate` compares RMSE against
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mmrec_gen.data.data_args import EvalDataArguments, check_positive
-from mmrec_gen.data.files import check_output_file
+from mmrec_gen.data.files import atomic_write, check_output_file
 from mmrec_gen.data.inputs import RunInputs, inputs_for, run_meta
 from mmrec_gen.data.rows import ResultRow, rank_by_scores
 from mmrec_gen.data.schema import CandidateRow, Interaction
@@ -282,13 +283,19 @@ def run_mse(cfg: MSEConfig, inputs: RunInputs) -> BaselineRun:
         )
     ]  # fmt: skip
     model_name = f"mse-{encoder.name}"
+    image_report = None
     if cfg.images:
-        from mmrec_gen.features.image_features import cached_image_features
+        from mmrec_gen.features.image_features import image_feature_table
 
-        blocks.append(
-            cached_image_features(cfg.image_encoder, ds, item_ids, size=cfg.image_size, cache_dir=cfg.embeddings_dir)
-        )
+        images = image_feature_table(
+            cfg.image_encoder, ds, item_ids, size=cfg.image_size, cache_dir=cfg.embeddings_dir,
+            on_bad_image=cfg.on_bad_image, max_image_pixels=cfg.max_image_pixels,
+        )  # fmt: skip
+        blocks.append(images.table)
         model_name += "+image"
+        image_report = images.report.to_dict()
+        # Rows carry the counts; the full list of bad files goes to <out>.images.json (see run_baseline).
+        extra_meta["bad_images"] = {k: image_report[k] for k in ("policy", "bad_images", "bad_by_problem")}
     encode_s = time.perf_counter() - start
     params = MSEHeadParams(
         fusion=cfg.fusion, hidden=cfg.hidden, dropout=cfg.dropout, epochs=cfg.epochs, batch_size=cfg.batch_size,
@@ -330,6 +337,8 @@ def run_mse(cfg: MSEConfig, inputs: RunInputs) -> BaselineRun:
     start = time.perf_counter()
     rows = score_rows(_rows_to_rank(inputs, cfg), chunk, meta)
     info = {"encode_seconds": encode_s, "epochs_run": len(head.history), "history": head.history}
+    if image_report is not None:
+        info["images"] = image_report
     return BaselineRun(rows, train_s, time.perf_counter() - start, info)
 
 
@@ -410,6 +419,9 @@ def run_baseline(name: str, cfg: BaselineConfig) -> BaselineRun:
     else:
         run = run_mse(cfg, inputs)
     write_results(cfg.out, run.rows)
+    if "images" in run.info:  # every bad image file, next to the results (the log names the first three)
+        with atomic_write(f"{cfg.out}.images.json") as fh:
+            json.dump(run.info["images"], fh, indent=1, ensure_ascii=False)
     n_err = sum(1 for r in run.rows if r["error"])
     logger.info("%s: wrote %d rows (%d error rows) to %s; config %s", name, len(run.rows), n_err, cfg.out, asdict(cfg))
     return run
