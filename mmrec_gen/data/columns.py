@@ -20,6 +20,20 @@ from mmrec_gen.data.errors import DataFormatError
 from mmrec_gen.data.schema import Item
 
 _INTEGER_RE = re.compile(r"[0-9]+")
+# An id longer than this is a corrupt record, not an id (a 200k-digit "id" would also exceed int()'s digit limit).
+MAX_ID_CHARS = 128
+
+
+def show_value(value: object, limit: int = 40) -> str:
+    """repr(value), cut to `limit` characters with its length, so an error message never prints a huge field."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
+
+def canonical_integer(text: str) -> str:
+    """The decimal digits of a whole-number id without leading zeros ("007" -> "7"), as int() would print them,
+    without int()'s 4300-digit limit. `text` must match [0-9]+."""
+    return text.lstrip("0") or "0"
 
 
 @dataclass
@@ -93,19 +107,26 @@ def parse_ids(table: RawTable, column: str, *, integer: bool) -> pd.Series:
     if integer and _is_text_column(raw):
         # Vectorised path for the MovieLens text readers (ml-1m has 1M rows); errors fall through to the loop below.
         stripped = raw.str.strip()
-        if bool(stripped.str.fullmatch(r"[0-9]+").fillna(False).all()):
-            return pd.Series(pd.to_numeric(stripped).astype(str).to_numpy(dtype=object), index=raw.index)
+        ok = stripped.str.fullmatch(r"[0-9]+").fillna(False) & (stripped.str.len() <= MAX_ID_CHARS)
+        if bool(ok.all()):
+            canonical = stripped.str.lstrip("0").mask(lambda s: s == "", "0")
+            return pd.Series(canonical.to_numpy(dtype=object), index=raw.index)
     values = raw.tolist()
     out: list[str] = []
+    need = "a whole-number id" if integer else "an id (string or integer)"
     for i, value in enumerate(values):
         text = id_to_str(value)
         if text is None or (integer and not _INTEGER_RE.fullmatch(text)):
-            what = "is empty" if _is_missing(value) else f"has {value!r}"
-            need = "a whole-number id" if integer else "an id (string or integer)"
+            what = "is empty" if _is_missing(value) else f"has {show_value(value)}"
             raise DataFormatError(
                 f"{table.where(i)}, column '{column}' {what}, expected {need}. Fix: correct or remove that record."
             )
-        out.append(str(int(text)) if integer else text)
+        if len(text) > MAX_ID_CHARS:
+            raise DataFormatError(
+                f"{table.where(i)}, column '{column}' has an id of {len(text)} characters ({show_value(text)}), "
+                f"expected {need} of at most {MAX_ID_CHARS}. Fix: correct or remove that record."
+            )
+        out.append(canonical_integer(text) if integer else text)
     return pd.Series(out, index=table.frame.index, dtype=object)
 
 
@@ -132,7 +153,7 @@ def parse_numbers(table: RawTable, column: str, *, required: bool, integral: boo
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         value = raw.iloc[i]
-        what = "is empty" if missing[i] else f"has {value!r}"
+        what = "is empty" if missing[i] else f"has {show_value(value)}"
         need = "a whole number (Unix seconds)" if integral else "a number"
         raise DataFormatError(
             f"{table.where(i)}, column '{column}' {what}, expected {need}. Fix: correct or remove that record."

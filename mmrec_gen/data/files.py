@@ -103,6 +103,8 @@ def iter_jsonl(path: str | os.PathLike[str], *, encoding: str = "utf-8") -> Iter
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise JSONLineError(path, line_no, exc.msg, True, column=exc.colno) from exc
+            except ValueError as exc:  # e.g. an integer of more than 4300 digits (Python's int-parsing limit)
+                raise JSONLineError(path, line_no, f"{str(exc)[:120]}", True) from None
             if not isinstance(obj, dict):
                 raise JSONLineError(path, line_no, "not a JSON object", False, type(obj).__name__)
             yield line_no, obj

@@ -147,6 +147,8 @@ def load_dataset(data_dir: str | Path, images_dir: str | Path | None = None) -> 
     root = Path(data_dir)
     source_format = detect_format(root)
     raw = _READERS[source_format](root)
+    if not raw.items:
+        raise DataFormatError(f"{raw.items_path}: no items. Fix: add one record per item (id, title, ...).")
     counts = dict.fromkeys(FILTER_KEYS, 0)
     interactions = _apply_filters(raw, counts)
     if interactions.empty:

@@ -15,7 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmrec_gen.data.columns import RawDataset, RawTable, parse_ids, parse_numbers, require_columns
+from mmrec_gen.data.columns import (
+    MAX_ID_CHARS,
+    RawDataset,
+    RawTable,
+    canonical_integer,
+    parse_ids,
+    parse_numbers,
+    require_columns,
+    show_value,
+)
 from mmrec_gen.data.errors import DataFormatError
 from mmrec_gen.data.schema import Item
 
@@ -29,10 +38,23 @@ _YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
 _YEAR_IN_DATE = re.compile(r"(\d{4})\s*$")
 
 
+def read_text_any(path: Path) -> tuple[str, str]:
+    """(text, encoding) of a MovieLens text file: UTF-8 first (a file re-saved by an editor, BOM allowed), else
+    latin-1, the encoding GroupLens ships .dat/.item files in. Reading UTF-8 bytes as latin-1 would turn "Café"
+    into "CafÃ©"; latin-1 accented letters are never valid UTF-8, so trying UTF-8 first cannot misread them."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), "latin-1"
+
+
 def _read_lines(path: Path) -> list[tuple[int, str]]:
-    # MovieLens .dat/.item files are latin-1 (titles such as "Misérables"); keep 1-based line numbers for errors.
-    text = path.read_text(encoding="latin-1")
-    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    # Keep 1-based line numbers for errors. splitlines() also splits at \x1c-\x1e, \x85, \u2028 and \u2029,
+    # which would shift line numbers; MovieLens records end at \n (or \r\n) only.
+    text, _ = read_text_any(path)
+    lines = text.replace("\r\n", "\n").split("\n")
+    return [(n, line.rstrip("\r")) for n, line in enumerate(lines, start=1) if line.strip()]
 
 
 def _read_delimited(path: Path, sep: str, names: list[str], text: str | None = None) -> RawTable:
@@ -43,10 +65,10 @@ def _read_delimited(path: Path, sep: str, names: list[str], text: str | None = N
             source, sep=sep, header=None, names=names, dtype=str, keep_default_na=False, skip_blank_lines=False,
             encoding="latin-1", engine="c",
         )  # fmt: skip
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame({n: pd.Series([], dtype=str) for n in names})  # "no interactions" is raised later
     except pd.errors.ParserError as exc:
-        raise DataFormatError(
-            f"{path}: {exc}. Fix: every line must hold exactly {len(names)} fields ({', '.join(names)})."
-        ) from exc
+        raise _parser_error(path, exc, f"({', '.join(names)})") from None
     positions = np.arange(1, len(frame) + 1)
     blank = (frame.isna() | (frame == "")).all(axis=1).to_numpy()
     return RawTable(path, frame.loc[~blank].reset_index(drop=True), positions[~blank])
@@ -77,9 +99,15 @@ def _item_id(path: Path, line: int, raw: str) -> str:
     text = raw.strip()
     if not re.fullmatch(r"[0-9]+", text):
         raise DataFormatError(
-            f"{path}: line {line}, column 'item_id' has {raw!r}, expected a whole-number id. Fix: correct that line."
+            f"{path}: line {line}, column 'item_id' has {show_value(raw)}, expected a whole-number id. "
+            "Fix: correct that line."
         )
-    return str(int(text))
+    if len(text) > MAX_ID_CHARS:
+        raise DataFormatError(
+            f"{path}: line {line}, column 'item_id' has an id of {len(text)} characters ({show_value(text)}), "
+            f"expected a whole-number id of at most {MAX_ID_CHARS}. Fix: correct that line."
+        )
+    return canonical_integer(text)
 
 
 def _year_fields(title: str) -> dict[str, str]:
@@ -147,9 +175,39 @@ def read_ml1m(root: Path) -> RawDataset:
     return RawDataset(items, frame, ratings_path, items_path)
 
 
+_FIELDS_RE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def _parser_error(path: Path, exc: Exception, expected: str) -> DataFormatError:
+    """pandas' "Expected 4 fields in line 5, saw 5" as a message naming the file, the line and the fix."""
+    match = _FIELDS_RE.search(str(exc))
+    if match:
+        return DataFormatError(
+            f"{path}: line {match.group(2)} has {match.group(3)} fields, expected {match.group(1)} {expected}. "
+            "Fix: correct that line "
+            '(a CSV field that holds a comma must be quoted: "Title, The (1999)").'
+        )
+    return DataFormatError(
+        f"{path}: not a readable table ({str(exc).strip()[:200]}). Fix: give every line the same fields {expected}."
+    )
+
+
 def _read_csv(path: Path, required: list[str]) -> RawTable:
     # keep_default_na=False: a title such as "NA" or "None" is a title, not a missing value.
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    frame = pd.DataFrame()
+    for encoding in ("utf-8-sig", "latin-1"):  # MovieLens CSVs are UTF-8; a latin-1 re-save still reads
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+        except pd.errors.EmptyDataError:
+            raise DataFormatError(
+                f"{path}: the file is empty (not even a header line). Fix: start it with the header line "
+                f"{','.join(required)} and add one line per record."
+            ) from None
+        except pd.errors.ParserError as exc:
+            raise _parser_error(path, exc, "(as many as the header line)") from None
     require_columns(path, frame.columns, required)
     # Line numbers assume one line per record (true for MovieLens CSVs); line 1 is the header.
     return RawTable(path, frame, np.arange(2, len(frame) + 2))
