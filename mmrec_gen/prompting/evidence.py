@@ -23,6 +23,10 @@ from functools import lru_cache
 
 from mmrec_gen.data.schema import Item
 
+# Evidence items listed (and citation choices) and the explanation's token budget: the defaults of `mmrec explain`,
+# which `mmrec train sft --target explanation` trains with, so its prompts equal the inference prompts.
+NUM_EVIDENCE = 3
+EXPLANATION_MAX_NEW_TOKENS = 64
 # List-valued item fields an explanation may cite ("Comedy|Drama" in MovieLens, "Comedy, Drama" in generic data).
 LIST_FIELDS = ("genres", "tags", "categories")
 _CONTENT_WORD = re.compile(r"[^\W\d_]{4,}")
@@ -59,7 +63,7 @@ def _content_words(item: Item) -> set[str]:
     return {w.lower() for w in _CONTENT_WORD.findall(text)}
 
 
-def select_evidence(history: Sequence[Item], item: Item, k: int = 3) -> list[Evidence]:
+def select_evidence(history: Sequence[Item], item: Item, k: int = NUM_EVIDENCE) -> list[Evidence]:
     """The `k` history items (oldest first in `history`) most related to `item`, most related first."""
     if k < 1:
         raise ValueError(f"the number of evidence items must be >= 1, got {k}")

@@ -19,7 +19,7 @@ from mmrec_gen.data.data_args import DataArguments, check_positive
 from mmrec_gen.models.model_args import ModelArguments
 from mmrec_gen.prompting.prompt_args import PromptArguments
 
-TARGETS = ("score", "ranking")
+TARGETS = ("score", "ranking", "explanation")
 # TrainingArguments fields that decide what a run computes (a resumed run must match them).
 FINGERPRINT_TRAINING = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -73,7 +73,9 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
         default="score",
         metadata={
             "help": "score: the answer is the held-out item's label (what --mode score reads); ranking: all "
-            "labels, held-out item first (for --mode constrained/generate)."
+            "labels, held-out item first (for --mode constrained/generate); explanation: the explain prompt of "
+            "the answer (with its evidence), answered by a grounded explanation citing the most related history "
+            "item (what `mmrec explain` decodes; template explain)."
         },
     )
     explanations: bool = field(
@@ -151,10 +153,16 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
             raise ValueError("--head items scores items by their item tokens: pass --item-tokens (e.g. cf,text)")
         if self.split not in ("valid", "test"):
             raise ValueError(f"--split must be valid or test, got {self.split!r}")
-        if self.template is None:
-            self.template = "rank_listwise" if not sources else "rec_items" if self.head == "items" else "rec_labels"
         if self.target not in TARGETS:
             raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.target == "explanation" and (sources or self.explanations):
+            raise ValueError(
+                "--target explanation trains explanations alone, on the TRL path: drop --item-tokens / --explanations"
+            )
+        if self.template is None and self.target == "explanation":
+            self.template = "explain"
+        if self.template is None:
+            self.template = "rank_listwise" if not sources else "rec_items" if self.head == "items" else "rec_labels"
         if self.quantization not in QUANTIZATION:
             raise ValueError(f"--quantization must be one of {', '.join(QUANTIZATION)}, got {self.quantization!r}")
         if self.lora_r < 1:

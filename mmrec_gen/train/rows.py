@@ -1,7 +1,8 @@
 """Training rows from examples, rendered with the inference templates and labels (R11).
 
-The prompt of every row is `PromptBuilder.rank(...)`, the very prompt `mmrec rank` builds, so the training prompt
-is a prefix of the inference prompt + answer. Three row shapes:
+The prompt of every row is `PromptBuilder.rank(...)`, the very prompt `mmrec rank` builds (for `--target
+explanation`, `PromptBuilder.explain(...)` with the evidence `mmrec explain` lists), so the training prompt is a
+prefix of the inference prompt + answer. Three row shapes:
 
 - TRL SFT, conversational prompt/completion (the loss is on the completion only):
   `{"prompt": [messages], "completion": [{"role": "assistant", "content": "C"}]}`;
@@ -15,13 +16,13 @@ A prompt that does not fit the context even with no history is dropped and count
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mmrec_gen.data.schema import Dataset, Item
+from mmrec_gen.data.schema import Dataset
 from mmrec_gen.data.seeding import rng_for
+from mmrec_gen.prompting.evidence import NUM_EVIDENCE, answer_bridge, answer_lead, answer_reason, select_evidence
 from mmrec_gen.prompting.labels import label_token_ids
 from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder, PromptTooLongError, RenderedPrompt
 from mmrec_gen.train.examples import TrainExample, negative_indices
@@ -52,7 +53,12 @@ def render_examples(
     for ex in examples:
         history = [HistoryEntry(ds.items[i.item_id], i.rating) for i in ex.history]
         try:
-            prompt = builder.rank(ex.user_id, history, [ds.items[c] for c in ex.candidates])
+            if builder.spec.task == "explain":  # --target explanation: the explain prompt of the answer
+                answer = ds.items[ex.target]
+                evidence = select_evidence([h.item for h in history], answer, NUM_EVIDENCE)
+                prompt = builder.explain(ex.user_id, history, answer, evidence)
+            else:
+                prompt = builder.rank(ex.user_id, history, [ds.items[c] for c in ex.candidates])
         except PromptTooLongError as exc:
             stats.dropped["prompt_too_long"] += 1
             logger.warning("training example dropped: %s", exc)
@@ -70,33 +76,25 @@ def ranking_answer(ex: TrainExample, labels: Sequence[str], seed: int) -> str:
     return ", ".join([labels[ex.target_index], *(labels[rest[i]] for i in order)])
 
 
-# List-valued item fields an explanation may cite ("Comedy|Drama" in MovieLens, "Comedy, Drama" in generic data).
-EXPLAIN_FIELDS = ("genres", "tags", "categories")
-
-
-def _values(item: Item, key: str) -> set[str]:
-    return {v.strip() for v in re.split(r"[|,]", item.fields.get(key, ""))} - {""}
-
-
-def _shared_fields(a: Item, b: Item) -> set[str]:
-    return set().union(*(_values(a, key) & _values(b, key) for key in EXPLAIN_FIELDS))
-
-
 def explanation(ds: Dataset, ex: TrainExample) -> str:
-    """A grounded explanation: the (at most two) most recent history items sharing the most field values with the
-    answer, cited by title. Built from data, so it never names an item the user did not see."""
+    """A grounded explanation of the answer, in the shape `mmrec explain` decodes (prompts/_explain_answer.jinja):
+    the lead, the title of the history item most related to the answer (the first of
+    prompting.evidence.select_evidence, the evidence the explain prompt lists), the bridge, and what the two share.
+    Built from the example's train-split history only, so it never names an item the user did not see. Empty
+    without history."""
     answer = ds.items[ex.target]
-    scored = [(len(_shared_fields(answer, ds.items[h.item_id])), n, h) for n, h in enumerate(ex.history)]
-    best = sorted((s for s in scored if s[0] > 0), key=lambda s: (-s[0], -s[1]))[:2]
-    if not best:
-        recent = [ds.items[h.item_id].title for h in ex.history[-2:]]
-        return f"It fits the user's recent picks, such as {' and '.join(recent)}." if recent else ""
-    titles = " and ".join(ds.items[h.item_id].title for _, _, h in best)
-    shared = sorted(set.union(*(_shared_fields(answer, ds.items[h.item_id]) for _, _, h in best)))
-    return f"The user liked {titles}, which share {', '.join(shared[:3])} with {answer.title}."
+    evidence = select_evidence([ds.items[h.item_id] for h in ex.history], answer, NUM_EVIDENCE)
+    if not evidence:
+        return ""
+    best = evidence[0]
+    return f"{answer_lead()} {best.item.title}{answer_bridge()}{answer_reason(answer.title, best.shared)}"
 
 
 def answer_text(ds: Dataset, item: RenderedExample, *, target: str, explanations: bool, seed: int) -> str:
+    """The completion of a TRL row: the answer's label (score), all labels (ranking), optionally followed by an
+    explanation, or the grounded explanation alone (explanation: the prompt is then the explain prompt)."""
+    if target == "explanation":
+        return explanation(ds, item.example)
     labels = item.prompt.labels
     text = labels[item.example.target_index] if target == "score" else ranking_answer(item.example, labels, seed)
     if explanations:

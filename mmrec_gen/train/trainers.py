@@ -19,6 +19,7 @@ from mmrec_gen.data.split import split_dataset
 from mmrec_gen.models.adapters import attach_adapter, write_adapter_metadata
 from mmrec_gen.models.registry import load_model
 from mmrec_gen.models.types import LoadedModel
+from mmrec_gen.prompting.evidence import EXPLANATION_MAX_NEW_TOKENS
 from mmrec_gen.prompting.render import PromptBuilder
 from mmrec_gen.train.config import DPOTrainConfig, TrainConfig
 from mmrec_gen.train.examples import build_examples
@@ -49,6 +50,8 @@ def answer_budget(cfg: TrainConfig) -> int:
     (and hence the prompt) is identical to the one `mmrec rank` builds (R11)."""
     if cfg.target == "score" and not cfg.explanations:
         return 1
+    if cfg.target == "explanation":
+        return EXPLANATION_MAX_NEW_TOKENS  # mmrec explain's default --max-new-tokens
     return 3 * cfg.num_candidates + 8 + (64 if cfg.explanations else 0)
 
 
@@ -241,8 +244,11 @@ def _examples(cfg: TrainConfig, loaded: LoadedModel, stats: RowStats):
             f"--min-history {cfg.min_history} + 1); lower --min-history"
         )
     builder = PromptBuilder.from_options(loaded.tokenizer, cfg.template, cfg, answer_budget(cfg))
-    if builder.spec.task != "rank":
-        raise ValueError(f"--template {cfg.template!r} is a {builder.spec.task!r} template; training needs a rank one")
+    task = "explain" if cfg.target == "explanation" else "rank"
+    if builder.spec.task != task:
+        raise ValueError(
+            f"--template {cfg.template!r} is a {builder.spec.task!r} template; --target {cfg.target} needs a {task} one"
+        )
     if "demos" in builder.spec.required_fields:
         raise ValueError(f"--template {cfg.template!r} is few-shot; train with the zero-shot rank_listwise")
     rendered = render_examples(builder, ds, examples, stats)
