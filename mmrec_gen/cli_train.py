@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
 
-USAGE = """usage: mmrec train {sft,dpo,merge} [options]   (mmrec train ACTION --help for its options)
+USAGE = """usage: mmrec train {sft,dpo,merge,align} [options]   (mmrec train ACTION --help for its options)
 
   sft     supervised fine-tuning on the train split (answer = the held-out item's label, or a full ranking)
   dpo     DPO / S-DPO: the held-out item's label preferred over negatives' labels (start from an SFT --adapter)
   merge   fold an adapter into its base model and save a plain model folder (usable as --model)
+  align   LLaVA stage 1 for image item tokens: train the image projector on item image -> caption pairs
 """
 
 
@@ -33,7 +34,15 @@ def train_and_report(kind: str, cfg) -> int:
     from mmrec_gen.train.trainers import RunFinished, run_dpo, run_sft
 
     try:
-        if kind == "sft" and cfg.uses_item_tokens:
+        if kind == "align":
+            from mmrec_gen.train.align import run_align
+
+            summary = run_align(cfg)
+        elif kind == "sft" and not cfg.uses_item_tokens and _vision_language(cfg.model):
+            from mmrec_gen.train.vlm_trainer import run_vlm_sft
+
+            summary = run_vlm_sft(cfg)
+        elif kind == "sft" and cfg.uses_item_tokens:
             summary = run_item_sft(cfg)
         elif cfg.uses_item_tokens:
             raise ValueError(
@@ -45,8 +54,20 @@ def train_and_report(kind: str, cfg) -> int:
         print(done)
         summary = done.summary
     print(json.dumps(summary))
+    if kind == "align":
+        print(f"projector: {cfg.output_dir}  (use it with: mmrec train sft --item-tokens text,image "
+              f"--projector {cfg.output_dir} ...)")  # fmt: skip
+        return 0
     print(f"adapter: {cfg.output_dir}  (use it with: mmrec rank --adapter {cfg.output_dir} ...)")
     return 0
+
+
+def _vision_language(model: str) -> bool:
+    """A --model that names a vision-language model (a folder or hub id whose config has a vision tower)."""
+    from mmrec_gen.models.loading import is_vision_language
+    from mmrec_gen.models.registry import MODELS
+
+    return model not in MODELS and is_vision_language(model)
 
 
 def merge(cfg: MergeConfig) -> int:
@@ -78,9 +99,13 @@ def cmd_train(argv: Sequence[str]) -> int:
         return train_and_report("sft", parse_config(SFTTrainConfig, rest, "mmrec train sft", _SFT_HELP))
     if action == "dpo":
         return train_and_report("dpo", parse_config(DPOTrainConfig, rest, "mmrec train dpo", _DPO_HELP))
+    if action == "align":
+        from mmrec_gen.train.align import AlignConfig
+
+        return train_and_report("align", parse_config(AlignConfig, rest, "mmrec train align", _ALIGN_HELP))
     if action == "merge":
         return merge(parse_config(MergeConfig, rest, "mmrec train merge", "Merge a LoRA adapter into its base."))
-    raise ValueError(f"unknown train action {action!r}: use sft, dpo or merge")
+    raise ValueError(f"unknown train action {action!r}: use sft, dpo, merge or align")
 
 
 _SFT_HELP = (
@@ -92,4 +117,10 @@ _SFT_HELP = (
 _DPO_HELP = (
     "DPO of a LoRA adapter (S-DPO with several negatives on the fast path, TRL's DPOTrainer otherwise), "
     "by default continuing --adapter (the SFT adapter), which is also the frozen reference."
+)
+_ALIGN_HELP = (
+    "LLaVA's stage 1 for the image item-token source: each item with an image is shown to the frozen LLM as its "
+    "image item token (cached image features through the image projector), and the projector alone is trained on "
+    "the item's caption (title (year), genres). Stage (b): mmrec train sft --item-tokens text,image --projector "
+    "OUT. Killed runs resume from their last checkpoint."
 )

@@ -26,7 +26,16 @@ from mmrec_gen.prompting.templates import (
 from mmrec_gen.prompting.validate import validate_templates
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "prompts" / "golden"
-EXPECTED_IDS = {"rank_listwise", "rank_fewshot", "explain", "pointwise", "rec_items", "rec_labels"}
+EXPECTED_IDS = {
+    "rank_listwise",
+    "rank_fewshot",
+    "explain",
+    "pointwise",
+    "rec_items",
+    "rec_labels",
+    "rank_listwise_images",
+    "align_caption",
+}
 
 
 def _raw_manifest() -> dict:
@@ -111,8 +120,9 @@ def test_validate_templates_reports_every_template(tokenizer):
 
 @pytest.mark.parametrize("template_id", sorted(EXPECTED_IDS))
 def test_golden_render(tokenizer, template_id):
-    # The compact rec_* templates are rendered with item tokens (on a copy: the placeholder is added to it).
-    item_tokens = template_id.startswith("rec_")
+    # The compact rec_* templates and align_caption are rendered with item tokens (on a copy: the placeholder is
+    # added to it).
+    item_tokens = template_id.startswith("rec_") or template_id == "align_caption"
     tokenizer = copy.deepcopy(tokenizer) if item_tokens else tokenizer
     prompt = samples.render_sample(PromptBuilder(tokenizer, template_id, item_tokens=item_tokens), template_id)
     # R11: our text is exactly the chat template applied to our messages, and input_ids tokenize that text.

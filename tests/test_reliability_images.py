@@ -346,3 +346,20 @@ def test_mse_baseline_applies_the_policy_and_writes_every_bad_image(tmp_path, ca
     assert not (tmp_path / "fail.jsonl").exists()
     with pytest.raises(ValueError, match="--on-bad-image must be one of skip, placeholder, fail"):
         config("ignore", "x.jsonl")
+
+
+def test_image_item_tokens_treat_a_skipped_file_as_no_image(damaged_catalogue, tmp_path):
+    """Item-token features: under skip a bad file's item gets the no-image flag (the projector's learned no-image
+    vector), under placeholder it keeps its image (the grey one); the report rides along for the run summary."""
+    from mmrec_gen.data.split import split_dataset
+    from mmrec_gen.recsys.item_features import build_item_features
+
+    ds, ids, bad_paths = damaged_catalogue
+    bad_ids = {Path(p).stem for p in bad_paths}
+    common = dict(split="test", seed=0, cache_dir=str(tmp_path), max_image_pixels=1_000_000)
+    split = split_dataset(ds)
+    skip = build_item_features(ds, split, ["image"], on_bad_image="skip", **common)
+    assert {i for i, h in zip(skip.item_ids, skip.has_image, strict=True) if not h} == bad_ids
+    assert skip.image_report["bad_images"] == 4
+    placeholder = build_item_features(ds, split, ["image"], on_bad_image="placeholder", **common)
+    assert placeholder.has_image.all() and placeholder.image_report["policy"] == "placeholder"

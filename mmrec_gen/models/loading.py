@@ -61,11 +61,60 @@ def load_hf_causal_lm(
 ) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if is_vision_language(name_or_path):
+        return load_hf_vlm(name_or_path, dtype=dtype, display_name=display_name, **from_pretrained_kwargs)
     torch_dtype = resolve_dtype(dtype)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype, **from_pretrained_kwargs)
     quantized = "quantization_config" in from_pretrained_kwargs
     return _finish(display_name or name_or_path, model, tokenizer, torch_dtype, str(name_or_path), cast=not quantized)
+
+
+def is_vision_language(name_or_path: str) -> bool:
+    """True when the model's config has a vision tower (LLaVA, LLaVA-NeXT, Qwen2-VL, Idefics/SmolVLM, ...): it is
+    loaded with AutoModelForImageTextToText and its AutoProcessor instead of a causal LM and a tokenizer."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError):  # not loadable here: the loader that follows raises the clear error
+        return False
+    return getattr(config, "vision_config", None) is not None
+
+
+def load_hf_vlm(
+    name_or_path: str, *, dtype: str = "auto", display_name: str | None = None, **from_pretrained_kwargs
+) -> LoadedModel:
+    """A vision-language model: `LoadedModel.tokenizer` is its processor (the prompt layer renders chats with it and
+    reads its text tokenizer; the backends build image inputs with it)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    torch_dtype = resolve_dtype(dtype)
+    processor = AutoProcessor.from_pretrained(name_or_path)
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None or getattr(processor, "image_processor", None) is None:
+        raise ValueError(
+            f"model {name_or_path!r} has a vision config but its AutoProcessor ({type(processor).__name__}) has no "
+            "tokenizer and image processor; save the processor next to the model (processor.save_pretrained)"
+        )
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=torch_dtype, **from_pretrained_kwargs)
+    if "quantization_config" not in from_pretrained_kwargs:
+        model = model.to(torch_dtype)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if not getattr(processor, "chat_template", None):
+        raise ValueError(f"model {name_or_path!r}: its processor has no chat template; mmrec-gen renders chat prompts")
+    num_parameters = sum(p.numel() for p in model.parameters())
+    name = display_name or name_or_path
+    logger.info("loaded %s (vision-language, %.1fM parameters, %s)", name, num_parameters / 1e6, torch_dtype)
+    return LoadedModel(
+        name, model, processor, str(torch_dtype).replace("torch.", ""), num_parameters, str(name_or_path)
+    )
 
 
 def load_smollm2(*, dtype: str = "auto", **from_pretrained_kwargs) -> LoadedModel:

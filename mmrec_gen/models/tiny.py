@@ -77,3 +77,77 @@ def build_tiny_llama(tokenizer, *, hidden_size: int = 32, num_layers: int = 2, s
     model = LlamaForCausalLM(config)
     model.eval()
     return model
+
+
+# -- a tiny LLaVA (CLIP vision tower + Llama language model), built in-process like the tiny Llama --------------
+IMAGE_TOKEN = "<image>"
+# LLaVA-HF's chat templates take a message's content as a string or as a list of {"type": "text"|"image"} blocks;
+# this one is ChatML (as the tiny tokenizer) with one IMAGE_TOKEN per image block.
+MM_CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}{{ '<image>' }}"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_IMAGE_SIZE = 32
+TINY_PATCH_SIZE = 8  # (32 / 8)^2 = 16 image tokens per image
+
+
+def build_tiny_llava_processor():
+    """A LlavaProcessor: the tiny tokenizer plus an IMAGE_TOKEN special token, a PIL CLIP image processor (no
+    torchvision needed) at 32x32 and the multimodal ChatML template."""
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
+    tokenizer.chat_template = MM_CHATML_TEMPLATE
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=TINY_PATCH_SIZE,
+        vision_feature_select_strategy="default",  # drops the CLS feature ...
+        num_additional_image_tokens=1,  # ... that the CLIP tower adds, so the counts match
+        chat_template=MM_CHATML_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+    )
+
+
+def build_tiny_llava(processor, *, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+    """A randomly initialised LlavaForConditionalGeneration: a 2-layer CLIP vision tower, LLaVA's mlp2x_gelu
+    projector and a 2-layer Llama sized for unit tests (fp32, deterministic for a seed)."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    tokenizer = processor.tokenizer
+    vision = CLIPVisionConfig(
+        hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=2, num_attention_heads=4,
+        image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, projection_dim=hidden_size,
+    )  # fmt: skip
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="default", vision_feature_layer=-1, projector_hidden_act="gelu",
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.eval()
+    return model
+
+
+def save_tiny_llava(folder) -> str:
+    """Write the tiny LLaVA and its processor to `folder` (an HF model folder, loadable as `--model folder`)."""
+    processor = build_tiny_llava_processor()
+    build_tiny_llava(processor).save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return str(folder)

@@ -18,10 +18,23 @@ class PromptArguments(Arguments):
     max_text_chars: int = field(
         default=300, metadata={"help": "Each item text field is cut to this many characters (with an ellipsis)."}
     )
+    # Vision-language models (--model naming one, with --images DIR): which items show their image in a prompt.
+    image_items: str = field(
+        default="candidates",
+        metadata={"help": "Vision-language models with --images: items shown with their image: candidates, history "
+                  "(the last --image-history items) or both (candidates first)."},
+    )  # fmt: skip
+    image_history: int = field(default=5, metadata={"help": "History items (most recent) that may show an image."})
+    max_images: int = field(
+        default=20, metadata={"help": "At most this many images per prompt (each costs the processor's image tokens)."}
+    )
 
     def __post_init__(self):
         # Every prompt labels its candidates with one letter each.
         num_candidates = getattr(self, "num_candidates", None)
         if num_candidates is not None and not 2 <= num_candidates <= MAX_LABELS:
             raise ValueError(f"--num-candidates must be between 2 and 26 (labels A-Z), got {num_candidates}")
+        from mmrec_gen.prompting.image_blocks import ImageSelection
+
+        ImageSelection(self.image_items, self.image_history, self.max_images)  # checks the three options
         super().__post_init__()

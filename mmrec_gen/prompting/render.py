@@ -26,6 +26,7 @@ and image blocks are never cut. If the prompt does not fit with no history, Prom
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from typing import Any
 from mmrec_gen.data.schema import Item
 from mmrec_gen.prompting.context import ContextBuilder, Demo, HistoryEntry, ImageMarkers
 from mmrec_gen.prompting.errors import PromptFieldError, PromptTooLongError
+from mmrec_gen.prompting.image_blocks import ImageSelection, image_token_count, is_multimodal, without_image
 from mmrec_gen.prompting.item_slots import ITEM_TOKEN, ItemMarkers, add_item_token
 from mmrec_gen.prompting.labels import candidate_labels
 from mmrec_gen.prompting.sanitize import special_token_strings, text_tokenizer
@@ -106,6 +108,8 @@ class PromptBuilder:
         image_token_count: int = 0,
         demo_history: int = 5,
         item_tokens: bool = False,
+        image_selection: ImageSelection | None = None,
+        image_reader=None,
     ) -> None:
         if max_model_len - max_new_tokens < 1:
             raise ValueError(
@@ -123,6 +127,13 @@ class PromptBuilder:
         self.max_history = max_history
         self.use_images = use_images
         self.image_token_count = image_token_count
+        # Which items show their image (with use_images; None: every item that has one); a processor always gets
+        # content blocks, images or not.
+        self.image_selection = image_selection
+        self.content_blocks = use_images or is_multimodal(tokenizer)
+        # data.images.ImageReader: an image is shown only if it reads under --on-bad-image (checked once per file).
+        self.image_reader = image_reader
+        self._usable: dict[str, bool] = {}
         self.demo_history = demo_history
         # Item tokens: the placeholder becomes a special token first, so neutralize() breaks it in item text.
         self.item_token_id = add_item_token(self.tokenizer) if item_tokens else None
@@ -139,7 +150,22 @@ class PromptBuilder:
         cls, tokenizer, template_id: str, options, max_new_tokens: int, item_tokens: bool = False
     ) -> PromptBuilder:
         """A builder from a run config: `options` has max_model_len, max_history and max_text_chars (the fields
-        `mmrec rank`, `explain` and `train` share), so training and inference budget prompts identically."""
+        `mmrec rank`, `explain` and `train` share), so training and inference budget prompts identically.
+
+        With a vision-language processor and `options.images` (--images DIR), chosen items show their image
+        (`options.image_items`, `image_history`, `max_images`), read under `options.on_bad_image`, and each image
+        is budgeted at the number of tokens the processor expands it to."""
+        from mmrec_gen.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageReader
+
+        use_images = is_multimodal(tokenizer) and bool(getattr(options, "images", None))
+        selection = ImageSelection(
+            items=getattr(options, "image_items", "candidates"),
+            history=getattr(options, "image_history", 5),
+            max_images=getattr(options, "max_images", 20),
+        )
+        reader = ImageReader(
+            getattr(options, "on_bad_image", "skip"), getattr(options, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+        )
         return cls(
             tokenizer,
             template_id,
@@ -148,6 +174,10 @@ class PromptBuilder:
             max_history=options.max_history,
             max_text_chars=options.max_text_chars,
             item_tokens=item_tokens,
+            use_images=use_images,
+            image_token_count=image_token_count(tokenizer) if use_images else 0,
+            image_selection=selection,
+            image_reader=reader if use_images else None,
         )
 
     # ----------------------------------------------------------------------------------------------- public API
@@ -178,6 +208,7 @@ class PromptBuilder:
         if demos and not uses_demos:
             raise ValueError(f"template {self.spec.id!r} does not use demos; use rank_fewshot for few-shot prompts")
         labels = candidate_labels(len(candidates))
+        history, candidates = self._shown_images(history, candidates)
 
         def fixed(markers: ImageMarkers | None) -> dict[str, Any]:
             ctx: dict[str, Any] = {
@@ -199,6 +230,8 @@ class PromptBuilder:
         """Explanation prompt for one recommended item; `evidence` (prompting.evidence.Evidence, most related first)
         is listed apart from the history and never cut by the token budget."""
         self._require_task("explain")
+        history, (item,) = self._shown_images(history, [item])
+        evidence = [dataclasses.replace(e, item=without_image(e.item)) for e in evidence]  # text evidence only
 
         def fixed(markers: ImageMarkers | None) -> dict[str, Any]:
             return {
@@ -211,6 +244,7 @@ class PromptBuilder:
     def pointwise(self, user_id: str, history: Sequence[HistoryEntry], item: Item) -> RenderedPrompt:
         """Yes/No prompt for one item."""
         self._require_task("pointwise")
+        history, (item,) = self._shown_images(history, [item])
         return self._build(user_id, history, self._item_ctx(user_id, item), candidate_ids=[item.item_id], labels=[])
 
     # ----------------------------------------------------------------------------------------------- internals
@@ -220,6 +254,37 @@ class PromptBuilder:
                 f"template {self.spec.id!r} is a {self.spec.task!r} template; PromptBuilder.{task}() needs a "
                 f"{task!r} template (for example {task if task != 'rank' else 'rank_listwise'!r})"
             )
+
+    def _shown_images(
+        self, history: Sequence[HistoryEntry], candidates: Sequence[Item]
+    ) -> tuple[list[HistoryEntry], list[Item]]:
+        """History and candidates with the image kept only on the items chosen to show it (ImageSelection): with
+        content blocks every other item's image is dropped, so a template's `x.image` exists exactly for those."""
+        if not self.content_blocks:
+            return list(history), list(candidates)
+        chosen_h: set[int] = set()
+        chosen_c: set[int] = set()
+        if self.use_images:
+            usable = [without_image(h.item) if not self._image_usable(h.item) else h.item for h in history]
+            cands = [c if self._image_usable(c) else without_image(c) for c in candidates]
+            if self.image_selection is None:
+                chosen_h = {k for k, item in enumerate(usable) if item.image}
+                chosen_c = {k for k, item in enumerate(cands) if item.image}
+            else:
+                chosen_h, chosen_c = self.image_selection.choose(usable, cands)
+        hist = [h if k in chosen_h else HistoryEntry(without_image(h.item), h.rating) for k, h in enumerate(history)]
+        return hist, [c if k in chosen_c else without_image(c) for k, c in enumerate(candidates)]
+
+    def _image_usable(self, item: Item) -> bool:
+        """Whether the item's image reads under the reader's --on-bad-image policy (a bad one under `placeholder`
+        is usable: the backend reads the grey placeholder; under `fail` BadImageError names the file)."""
+        if not item.image:
+            return False
+        if self.image_reader is None:
+            return True
+        if item.image not in self._usable:
+            self._usable[item.image] = self.image_reader.read(item.image, item.item_id) is not None
+        return self._usable[item.image]
 
     def _item_ctx(self, user_id: str, item: Item) -> Callable[[ImageMarkers | None], dict[str, Any]]:
         return lambda markers: {"item": self.context.item(item, user_id, markers)}
@@ -233,7 +298,7 @@ class PromptBuilder:
         candidate_ids: list[str],
         labels: list[str],
     ) -> RenderedPrompt:
-        markers = ImageMarkers() if self.use_images else None
+        markers = ImageMarkers() if self.content_blocks else None
         self.context.item_markers = ItemMarkers() if self.item_token_id is not None else None
         fixed_ctx = fixed(markers)
         capped = list(history[-self.max_history :]) if self.max_history > 0 else []
@@ -328,20 +393,22 @@ class PromptBuilder:
     def _check_chat_template(self) -> bool:
         """Fail early when the chat template cannot render our messages; return True to fold system into user."""
         content: Any = "x"
-        if self.use_images:
+        if self.content_blocks:
             content = [{"type": "text", "text": "x"}, {"type": "image", "image": "x.jpg"}]
         user = {"role": "user", "content": content}
         try:
             self.chat.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
         except Exception as e:
-            need = "accept content blocks (a multimodal chat template)" if self.use_images else "render a user turn"
+            need = (
+                "accept content blocks (a multimodal chat template)" if self.content_blocks else "render a user turn"
+            )
             raise ValueError(
                 f"the chat template of {type(self.chat).__name__}({getattr(self.tokenizer, 'name_or_path', '')!r}) "
                 f"cannot {need}: {type(e).__name__}: {e}"
             ) from e
         if not self.spec.system:
             return False
-        system_content: Any = [{"type": "text", "text": "s"}] if self.use_images else "s"
+        system_content: Any = [{"type": "text", "text": "s"}] if self.content_blocks else "s"
         try:
             self.chat.apply_chat_template(
                 [{"role": "system", "content": system_content}, user], add_generation_prompt=True, tokenize=False

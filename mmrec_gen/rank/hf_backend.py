@@ -31,6 +31,7 @@ class _Tokens:
     user_id: str
     input_ids: list[int]
     options: tuple[tuple[int, ...], ...] = ()
+    images: tuple[str, ...] = ()  # image paths of a vision-language prompt, one per image token in input_ids
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -41,6 +42,14 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def _multimodal_rope(model) -> bool:
+    """Qwen2-VL-style 3-D rotary positions, which the model computes from the image grid itself: explicit 1-D
+    position ids would break them."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
+    return isinstance(rope, dict) and "mrope_section" in rope
+
+
 class HFBackend:
     name = "hf"
 
@@ -49,8 +58,13 @@ class HFBackend:
         (prompts then go in as `inputs_embeds`, the form vLLM takes as `prompt_embeds`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        from mmrec_gen.prompting.image_blocks import is_multimodal
+        from mmrec_gen.prompting.sanitize import text_tokenizer
+
         self.model = loaded_model.model
-        self.tokenizer = loaded_model.tokenizer
+        # A vision-language model's LoadedModel.tokenizer is its processor: it builds inputs for prompts with images.
+        self.processor = loaded_model.tokenizer if is_multimodal(loaded_model.tokenizer) else None
+        self.tokenizer = text_tokenizer(loaded_model.tokenizer)
         self.batch_size = batch_size
         self.progress = progress
         self.device = next(self.model.parameters()).device
@@ -98,8 +112,58 @@ class HFBackend:
             logger.warning("out of memory on a batch of %d; retrying as %d + %d", len(batch), half, len(batch) - half)
             return self._run_halving(batch[:half], fn) + self._run_halving(batch[half:], fn)
 
+    def _image_inputs(self, batch: list, positions: bool = True) -> dict:
+        """A vision-language model's inputs for prompts with images (RenderedPrompt, or token ids extended past the
+        prompt): each image placeholder token of a row is replaced by the tokens the processor expands that image
+        into, in order, and the processor's image tensors (pixel values, sizes, grids) come alongside."""
+        from mmrec_gen.data.images import ImageReader
+
+        if self.item_tokens is not None:
+            raise ValueError("item tokens and image content blocks in one prompt are not supported")
+        # The prompt layer already checked every image under --on-bad-image; a file that went bad since then
+        # becomes the grey placeholder here, so the image block is never left without its image.
+        reader = ImageReader("placeholder")
+        flat = [reader.read(path) for p in batch for path in p.images]
+        token = self.processor.image_token
+        enc = self.processor(
+            text=[token] * len(flat), images=[[im] for im in flat], padding=True, return_tensors="pt",
+            add_special_tokens=False,
+        )  # fmt: skip
+        runs = iter([row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"], strict=True)])
+        image_id = self.tokenizer.convert_tokens_to_ids(token)
+        rows = []
+        for p in batch:
+            if sum(1 for t in p.input_ids if t == image_id) != len(p.images):
+                raise ValueError(
+                    f"user {p.user_id}: {sum(1 for t in p.input_ids if t == image_id)} image tokens in the prompt "
+                    f"for {len(p.images)} images; an image token can only come from an image block"
+                )
+            rows.append([t for i in p.input_ids for t in (next(runs) if i == image_id else (i,))])
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[r, width - len(row) :] = 1
+        inputs = {k: v.to(self.device) for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        inputs.update(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        if positions and not _multimodal_rope(self.model):
+            inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        return inputs
+
+    def _generate_inputs(self, batch: list) -> dict:
+        """Inputs of model.generate (which derives positions from the attention mask itself)."""
+        if any(getattr(p, "images", None) for p in batch):
+            return self._image_inputs(batch, positions=False)
+        ids, mask = self._pad(batch)
+        return {"input_ids": ids, "attention_mask": mask}
+
     def _inputs(self, batch: list[RenderedPrompt]) -> dict:
         """Model inputs of a left-padded batch: token ids, or embeddings with item tokens placed at their slots."""
+        if any(getattr(p, "images", None) for p in batch):
+            return self._image_inputs(batch)
         ids, mask = self._pad(batch)
         # Explicit positions make a left-padded row compute exactly what it would alone (R10).
         inputs = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
@@ -155,11 +219,9 @@ class HFBackend:
         self._no_item_tokens("generate mode")
 
         def run(batch: list[RenderedPrompt]) -> list:
-            ids, mask = self._pad(batch)
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=self._generation_config(max_new_tokens)
-            )
-            return self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+            inputs = self._generate_inputs(batch)
+            out = self.model.generate(**inputs, generation_config=self._generation_config(max_new_tokens))
+            return self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
         return self._map(prompts, run, "generate")
 
@@ -172,8 +234,8 @@ class HFBackend:
         cont_index = {t: i for i, t in enumerate(vocab.cont_ids)}
 
         def run(batch: list[RenderedPrompt]) -> list:
-            ids, mask = self._pad(batch)
-            prompt_len = ids.shape[1]
+            inputs = self._generate_inputs(batch)
+            prompt_len = inputs["input_ids"].shape[1]
 
             def allowed(_: int, seq: torch.Tensor) -> list[int]:
                 # Output shape: label (sep label)*: even steps emit an unused label, odd steps the separator.
@@ -187,8 +249,7 @@ class HFBackend:
                 return [t for i, t in enumerate(vocab.cont_ids) if i not in used]
 
             out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                **inputs,
                 generation_config=self._generation_config(2 * n - 1),
                 prefix_allowed_tokens_fn=allowed,
             )
@@ -217,13 +278,13 @@ class HFBackend:
             rest = tuple(tuple(s[shared:]) for s in seqs)
             if not all(rest):
                 raise ValueError(f"user {p.user_id}: an option is empty or a prefix of the lead: {c.options}")
-            scored.append(_Tokens(p.user_id, [*p.input_ids, *seqs[0][:shared]], rest))
+            scored.append(_Tokens(p.user_id, [*p.input_ids, *seqs[0][:shared]], rest, tuple(p.images)))
 
         def score(batch: list[_Tokens]) -> list:
-            ids, mask = self._pad(batch)
+            inputs = self._generate_inputs(batch)  # token ids (and a vision-language model's image tensors)
+            mask = inputs["attention_mask"]
             out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
-                logits_to_keep=1,
+                **inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1
             )  # fmt: skip
             k = max(len(t.options) for t in batch)
             width = max(len(o) for t in batch for o in t.options)
@@ -265,7 +326,7 @@ class HFBackend:
         continued = []
         for p, c, pick in zip(prompts, choices, picks, strict=True):
             forced = [] if isinstance(pick, BackendError) else self._encode(c.lead + c.options[pick] + c.bridge)
-            continued.append(_Tokens(p.user_id, [*p.input_ids, *forced]))
+            continued.append(_Tokens(p.user_id, [*p.input_ids, *forced], images=tuple(p.images)))
         texts = self.generate(continued, max_new_tokens)
         return [
             pick if isinstance(pick, BackendError) else text if isinstance(text, BackendError) else (pick, text)

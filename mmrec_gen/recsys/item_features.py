@@ -6,7 +6,9 @@
 - `text`: the item text (title + fields) through a frozen text encoder (MiniLM by default), cached by the
   feature cache;
 - `image`: EfficientNet-Lite0 features of the item images; items without an image are flagged (`has_image`) and
-  get the learned "no image" vector in the projector (their count is logged).
+  get the learned "no image" vector in the projector (their count is logged). A bad image file follows
+  `on_bad_image`: under `skip` its item counts as having no image, under `placeholder` it gets the grey image's
+  features, under `fail` nothing is trained; `image_report` lists every bad file for the run summary.
 
 Rows follow `item_ids` (the whole catalogue, id-sorted), so every table lines up with `models.item_tokens`.
 """
@@ -32,6 +34,7 @@ class ItemFeatures:
     item_ids: list[str]
     tables: dict[str, np.ndarray]
     has_image: np.ndarray | None = None
+    image_report: dict | None = None  # data.images.ImageReport.to_dict() of the image table, when it has one
 
 
 def catalogue(ds: Dataset) -> list[str]:
@@ -80,11 +83,14 @@ def build_item_features(
     image_encoder: str = "efficientnet-lite0",
     max_text_chars: int = 300,
     cache_dir=None,
+    on_bad_image: str = "skip",
+    max_image_pixels: int | None = None,
 ) -> ItemFeatures:
     """The tables of `sources` for the whole catalogue of `ds` (rows in `catalogue(ds)` order)."""
     item_ids = catalogue(ds)
     tables: dict[str, np.ndarray] = {}
     has_image = None
+    image_report = None
     if "cf" in sources:
         tables["cf"] = cf_table(ds, split_result, split, seed, item_ids, cache_dir)
     if "text" in sources:
@@ -95,7 +101,8 @@ def build_item_features(
             [ds.items[i] for i in item_ids], encoder, max_text_chars=max_text_chars, cache_dir=cache_dir
         )
     if "image" in sources:
-        from mmrec_gen.features.image_features import cached_image_features
+        from mmrec_gen.data.images import DEFAULT_MAX_IMAGE_PIXELS
+        from mmrec_gen.features.image_features import image_feature_table
 
         has_image = np.array([bool(ds.items[i].image) for i in item_ids])
         if not has_image.any():
@@ -104,5 +111,13 @@ def build_item_features(
         if missing:
             logger.warning("image item tokens: %d of %d items have no image (they get the no-image vector)",
                            missing, len(item_ids))  # fmt: skip
-        tables["image"] = cached_image_features(image_encoder, ds, item_ids, cache_dir=cache_dir)
-    return ItemFeatures(item_ids, {s: np.asarray(t, np.float32) for s, t in tables.items()}, has_image)
+        images = image_feature_table(
+            image_encoder, ds, item_ids, cache_dir=cache_dir, on_bad_image=on_bad_image,
+            max_image_pixels=max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS,
+        )  # fmt: skip
+        tables["image"] = images.table
+        image_report = images.report.to_dict()
+        if on_bad_image == "skip":  # a skipped file leaves its item without an image: the no-image vector
+            skipped = {b["item_id"] for b in images.report.bad}
+            has_image &= np.array([i not in skipped for i in item_ids])
+    return ItemFeatures(item_ids, {s: np.asarray(t, np.float32) for s, t in tables.items()}, has_image, image_report)

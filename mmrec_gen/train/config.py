@@ -62,6 +62,13 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
         metadata={"help": "Item-token runs: keep only the first N transformer layers (faster); default all."},
     )
     text_encoder: str = field(default="minilm", metadata={"help": "Encoder of the `text` item-token source."})
+    projector: str | None = field(
+        default=None,
+        metadata={
+            "help": "Item-token runs with the image source: start the image projector from this `mmrec train align` "
+            "--output-dir (LLaVA's stage 1); refused if aligned on other images or another base model."
+        },
+    )
     split: str = field(
         default="test",
         metadata={
@@ -151,6 +158,8 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
             raise ValueError(f"--head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.head == "items" and not sources:
             raise ValueError("--head items scores items by their item tokens: pass --item-tokens (e.g. cf,text)")
+        if self.projector and "image" not in sources:
+            raise ValueError("--projector starts the image projector: add image to --item-tokens (e.g. text,image)")
         if self.split not in ("valid", "test"):
             raise ValueError(f"--split must be valid or test, got {self.split!r}")
         if self.target not in TARGETS:

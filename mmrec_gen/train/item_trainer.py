@@ -204,6 +204,10 @@ def run_item_sft(cfg: TrainConfig, loaded=None) -> dict:
     torch.manual_seed(derive_seed(cfg.seed, "item-tokens", "init"))
     hidden_size = loaded.model.get_input_embeddings().weight.shape[1]
     item_tokens = ItemTokens(features.item_ids, features.tables, hidden_size, has_image=features.has_image)
+    if cfg.projector:  # LLaVA's stage (b): the image projector starts from the aligned one (mmrec train align)
+        from mmrec_gen.train.projector import load_aligned_projector
+
+        load_aligned_projector(item_tokens, cfg.projector, loaded.model)
     llm = peft_model(cfg, loaded)
     autocast = loaded.dtype == "float32" and _fast_bf16()
     model = ItemTokenLM(llm, item_tokens, builder.item_token_id, loaded.tokenizer.pad_token_id, autocast)

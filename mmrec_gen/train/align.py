@@ -1,0 +1,264 @@
+"""`mmrec train align`: LLaVA's stage 1 for the `image` item-token source (projector alignment).
+
+Each catalogue item with an image becomes one example: a prompt that shows the item only as its image item token
+(`align_caption`: the cached image features through the `image` mlp2x_gelu projector, placed at the item's slot)
+and, as the answer, its caption "title (year), genres". The LLM is frozen (no LoRA); only the image projector is
+trained, by the cross-entropy of the caption tokens (the prompt is masked), so the projector learns to map image
+features to where the LLM reads the item's text. Items without an image are not captioned: in stage (b) they get
+the learned "no image" vector (their count is logged).
+
+Stage (b) is `mmrec train sft --item-tokens text,image --projector OUT`: the image projector starts from the aligned
+one (`load_aligned_projector`), after checking that it was aligned on the same image feature table (catalogue,
+images, encoder) and the same base model.
+
+The output folder holds `image_projector.safetensors`, `mmrec_align.json` (base model and its fingerprint, the
+image table's fingerprint, encoder, counts) and `train_summary.json`; checkpoints every `--save-steps` let a killed
+run resume (each step's items are drawn from (seed, step)), as the other trainers do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmrec_gen.data.loaders import load_dataset
+from mmrec_gen.data.schema import Item
+from mmrec_gen.data.seeding import derive_seed, rng_for
+from mmrec_gen.models.adapters import base_fingerprint
+from mmrec_gen.models.item_tokens import ItemTokens, decoder_and_head
+from mmrec_gen.prompting.render import PromptBuilder, PromptTooLongError, RenderedPrompt
+from mmrec_gen.prompting.sanitize import neutralize, text_tokenizer
+from mmrec_gen.recsys.item_features import build_item_features
+from mmrec_gen.train.config import TrainConfig
+from mmrec_gen.train.projector import ALIGN_FILE, PREFIX, PROJECTOR_FILE
+
+logger = logging.getLogger(__name__)
+
+ALIGN_TEMPLATE = "align_caption"
+
+
+@dataclass(kw_only=True)
+class AlignConfig(TrainConfig):
+    """`mmrec train align`: the training options of `mmrec train sft` (model, data, --images, steps, batch, resume),
+    with the image source fixed and laptop defaults for a projector-only run."""
+
+    item_tokens: str = field(default="image", metadata={"help": "Fixed: alignment trains the image projector."})
+    template: str | None = field(default=ALIGN_TEMPLATE, metadata={"help": "Fixed: the align_caption template."})
+    image_encoder: str = field(default="efficientnet-lite0", metadata={"help": "Encoder of the image features."})
+    max_caption_tokens: int = field(default=48, metadata={"help": "Captions are cut to this many tokens."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (LLaVA stage 1: 1e-3)."})
+    max_steps: int = field(default=200, metadata={"help": "Optimizer steps."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Items per forward pass."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Forward passes per optimizer step."})
+    warmup_steps: float = field(default=0.03, metadata={"help": "Linear warm-up steps (a value < 1: a ratio)."})
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N optimizer steps (resume point)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss every N steps."})
+
+    def __post_init__(self):
+        if self.item_tokens != "image" or self.template != ALIGN_TEMPLATE:
+            raise ValueError("mmrec train align trains the image projector on align_caption prompts only")
+        if not self.images:
+            raise ValueError("mmrec train align needs --images DIR (the item images to align)")
+        if self.num_layers is not None:
+            raise ValueError("--num-layers: alignment runs the whole LLM (captions are read at its last layer)")
+        if self.max_caption_tokens < 1:
+            raise ValueError(f"--max-caption-tokens must be >= 1, got {self.max_caption_tokens}")
+        super().__post_init__()
+
+
+def caption(item: Item) -> str:
+    """The item's caption: "title (year), genre, genre" (the year only when the title does not hold it)."""
+    title = item.title.strip()
+    year = str(item.fields.get("year", "") or "").strip()
+    if year and not re.search(r"\(\s*" + re.escape(year) + r"\s*\)", title):
+        title = f"{title} ({year})"
+    genres = [g.strip() for g in re.split(r"[|,]", item.fields.get("genres", "") or "") if g.strip()]
+    genres = [g for g in genres if g.lower() != "(no genres listed)"]
+    return ", ".join([title, *genres])
+
+
+@dataclass
+class AlignExample:
+    prompt: RenderedPrompt
+    answer: list[int]  # caption + end-of-turn token ids
+
+
+def end_of_turn_text(tokenizer) -> str:
+    """What the chat template writes after an assistant answer (e.g. `<|im_end|>`)."""
+    from mmrec_gen.train.vlm_trainer import end_of_turn
+
+    return end_of_turn(tokenizer, content_blocks=False)
+
+
+def align_examples(cfg: AlignConfig, ds, item_ids, has_image, builder: PromptBuilder) -> list[AlignExample]:
+    tok = builder.tokenizer
+    eot = tok(end_of_turn_text(builder.chat), add_special_tokens=False)["input_ids"]
+    examples, dropped = [], 0
+    for item_id, has in zip(item_ids, has_image, strict=True):
+        if not has:
+            continue
+        item = ds.items[item_id]
+        try:
+            prompt = builder.explain(f"item {item_id}", [], item)
+        except PromptTooLongError as exc:
+            dropped += 1
+            logger.warning("alignment example of item %s dropped: %s", item_id, exc)
+            continue
+        text = neutralize(caption(item), builder.special_tokens)
+        ids = tok(text, add_special_tokens=False)["input_ids"][: cfg.max_caption_tokens]
+        examples.append(AlignExample(prompt, ids + eot))
+    if dropped:
+        logger.warning("%d alignment examples dropped (prompt too long)", dropped)
+    return examples
+
+
+class CaptionLM(nn.Module):
+    """The frozen LLM reading a prompt whose item slot holds the image item token; only the image projector trains."""
+
+    def __init__(self, llm, item_tokens: ItemTokens, placeholder: int, pad_id: int, autocast: bool) -> None:
+        super().__init__()
+        self.llm = llm
+        self.item_tokens = item_tokens
+        self.placeholder = placeholder
+        self.pad_id = pad_id
+        self.autocast = autocast
+        self.decoder, self.lm_head = decoder_and_head(llm)
+
+    def loss(self, examples: list[AlignExample]) -> torch.Tensor:
+        rows = [e.prompt.input_ids + e.answer for e in examples]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):  # right padding: positions start at 0 in every row
+            ids[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = 1
+        embeds = self.item_tokens.embed(
+            self.llm.get_input_embeddings(), ids, [e.prompt.item_slots for e in examples], self.placeholder
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            hidden = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        # Caption token t is predicted at position t - 1: the prompt's last position predicts the first one.
+        rows_idx, cols, targets = [], [], []
+        for r, e in enumerate(examples):
+            start = len(e.prompt.input_ids)
+            rows_idx += [r] * len(e.answer)
+            cols += list(range(start - 1, start - 1 + len(e.answer)))
+            targets += e.answer
+        states = hidden[torch.tensor(rows_idx), torch.tensor(cols)].float()
+        logits = self.lm_head(states.to(self.lm_head.weight.dtype)).float()
+        return nn.functional.cross_entropy(logits, torch.tensor(targets))
+
+
+def run_align(cfg: AlignConfig, loaded=None) -> dict:
+    """Align the image projector (see the module docstring); return the summary written to train_summary.json."""
+    from transformers import get_scheduler
+
+    from mmrec_gen.train.item_trainer import STATE_FILE, _fast_bf16, _save_checkpoint
+    from mmrec_gen.train.trainers import SUMMARY_FILE, _cpu_seconds, check_resume, load_base
+
+    started, cpu_started = time.time(), _cpu_seconds()
+    resume_from = check_resume(cfg, "align")
+    ds = load_dataset(cfg.data, images_dir=cfg.images)
+    features = build_item_features(
+        ds, None, ["image"], split=cfg.split, seed=cfg.seed, image_encoder=cfg.image_encoder
+    )  # the image table needs no split
+    has_image = np.asarray(features.has_image, bool)
+    loaded = loaded or load_base(cfg)
+    tokenizer = text_tokenizer(loaded.tokenizer)
+    builder = PromptBuilder.from_options(
+        loaded.tokenizer, ALIGN_TEMPLATE, cfg, cfg.max_caption_tokens + 4, item_tokens=True
+    )
+    examples = align_examples(cfg, ds, features.item_ids, has_image, builder)
+    if not examples:
+        raise ValueError(f"{cfg.images}: no item of {cfg.data} has an image to align; check --images")
+    logger.info(
+        "alignment: %d items with an image (%d without: they get the no-image vector in stage (b))",
+        len(examples), int((~has_image).sum()),
+    )  # fmt: skip
+
+    torch.manual_seed(derive_seed(cfg.seed, "align", "init"))
+    hidden_size = loaded.model.get_input_embeddings().weight.shape[1]
+    item_tokens = ItemTokens(features.item_ids, features.tables, hidden_size, has_image=has_image)
+    for p in loaded.model.parameters():
+        p.requires_grad_(False)
+    for name, p in item_tokens.named_parameters():
+        p.requires_grad_(name.startswith(PREFIX))  # the head and the no-image vector are stage (b)'s
+    autocast = loaded.dtype == "float32" and _fast_bf16()
+    model = CaptionLM(loaded.model, item_tokens, builder.item_token_id, tokenizer.pad_token_id, autocast)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    steps = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.num_train_epochs * len(examples) / per_step))
+    warmup = int(cfg.warmup_steps * steps) if cfg.warmup_steps < 1 else int(cfg.warmup_steps)
+    sched = get_scheduler(cfg.lr_scheduler_type, optim, num_warmup_steps=warmup, num_training_steps=steps)
+    out = Path(cfg.output_dir)
+    start_step, losses = 0, []
+    if resume_from:
+        state = torch.load(Path(resume_from) / STATE_FILE, weights_only=False)
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                named[name].copy_(value)
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        start_step, losses = state["step"], state["losses"]
+        logger.info("resumed at step %d from %s", start_step, resume_from)
+
+    model.llm.eval()  # frozen: no dropout in the LLM
+    bar = tqdm(total=steps, initial=start_step, desc="align", unit="step", disable=not cfg.progress)
+    loop_start = time.time()
+    for step in range(start_step + 1, steps + 1):
+        rng = rng_for(cfg.seed, "align", "step", step)
+        chosen = rng.choice(len(examples), size=min(per_step, len(examples)), replace=False)
+        optim.zero_grad()
+        total = 0.0
+        for start in range(0, len(chosen), cfg.per_device_train_batch_size):
+            batch = [examples[i] for i in chosen[start : start + cfg.per_device_train_batch_size]]
+            loss = model.loss(batch)
+            (loss * len(batch) / len(chosen)).backward()
+            total += loss.item() * len(batch) / len(chosen)
+        if cfg.max_grad_norm and cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optim.step()
+        sched.step()
+        losses.append(round(total, 5))
+        bar.update(1)
+        if step % int(cfg.logging_steps) == 0 or step == steps:
+            logger.info("align step %d/%d caption loss %.4f", step, steps, total)
+        if step % int(cfg.save_steps) == 0 and step < steps:
+            _save_checkpoint(out, step, model, optim, sched, losses, cfg.save_total_limit)
+    bar.close()
+
+    from safetensors.torch import save_file
+
+    state = {k: v for k, v in item_tokens.trainable_state().items() if k.startswith(PREFIX)}
+    save_file(state, str(out / PROJECTOR_FILE))
+    meta = {
+        "base_model": loaded.name, "base_fingerprint": base_fingerprint(loaded.model), "hidden_size": hidden_size,
+        "image_encoder": cfg.image_encoder, "image_fingerprint": item_tokens.fingerprints()["image"],
+        "items": len(features.item_ids), "items_with_image": int(has_image.sum()), "data": str(cfg.data),
+    }  # fmt: skip
+    (out / ALIGN_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    for stale in out.glob("checkpoint-*"):
+        shutil.rmtree(stale)
+    loop_s = time.time() - loop_start
+    summary = {
+        "kind": "align", "model": loaded.name, "examples": len(examples),
+        "items_without_image": int((~has_image).sum()), "steps": steps, "items_per_step": per_step,
+        "first_loss": losses[0] if losses else None, "last_loss": float(np.mean(losses[-10:])) if losses else None,
+        "train_loop_s": round(loop_s, 1), "wall_s": round(time.time() - started, 1),
+        "cpu_s": round(_cpu_seconds() - cpu_started, 1), "resumed_from": resume_from, "losses": losses,
+    }  # fmt: skip
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    logger.info("aligned image projector saved to %s", out)
+    return {k: v for k, v in summary.items() if k != "losses"}

@@ -1,0 +1,245 @@
+"""Vision-language models (issue 13 part 2) on a tiny random LLaVA built in-process (CLIP tower + Llama), saved to a
+folder and loaded through `--model FOLDER` like any HF model: images reach the model as processor-expanded
+blocks exactly at their slots, it ranks in every mode and explains, training masks image tokens, and LoRA changes
+the language model only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmrec_gen.data.schema import Item
+from mmrec_gen.prompting.image_blocks import ImageSelection
+from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder
+
+IMAGE_TOKENS = 16  # (32 / 8)^2 patches of the tiny CLIP tower
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+    from mmrec_gen.models.tiny import save_tiny_llava
+
+    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
+
+
+@pytest.fixture(scope="module")
+def llava(llava_dir):
+    from mmrec_gen.models.registry import load_model
+
+    return load_model(llava_dir)
+
+
+@pytest.fixture(scope="module")
+def mm_data(tmp_path_factory):
+    from mmrec_gen.data.synthetic import generate_synthetic
+
+    return Path(
+        generate_synthetic(tmp_path_factory.mktemp("mm"), num_users=8, num_items=40, seed=5, min_len=8, max_len=12)
+    )
+
+
+def _posters(folder: Path, n: int) -> list[Item]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for k in range(n):
+        path = folder / f"p{k}.png"
+        Image.new("RGB", (40 + 8 * k, 30), (30 * k % 256, 90, 200 - 20 * k)).save(path)
+        items.append(Item(f"p{k}", f"Poster movie {k}", {"genres": "Drama"}, image=str(path)))
+    return items
+
+
+def test_a_vision_config_loads_as_a_vision_language_model(llava):
+    from transformers import LlavaForConditionalGeneration
+
+    assert isinstance(llava.model, LlavaForConditionalGeneration)
+    assert llava.tokenizer.image_token == "<image>" and hasattr(llava.tokenizer, "image_processor")
+    assert llava.tokenizer.tokenizer.padding_side == "left"
+
+
+def test_image_selection_takes_candidates_first_then_recent_history_within_the_budget():
+    with_img = [Item(f"i{k}", "t", image=f"/x/{k}.png") for k in range(6)]
+    no_img = Item("n", "t")
+    history, candidates = [with_img[0], no_img, with_img[1], with_img[2]], [with_img[3], no_img, with_img[4]]
+    assert ImageSelection("candidates", 5, 20).choose(history, candidates) == (set(), {0, 2})
+    assert ImageSelection("history", 2, 20).choose(history, candidates) == ({3, 2}, set())
+    assert ImageSelection("history", 3, 20).choose(history, candidates) == ({3, 2}, set())  # index 1 has no image
+    assert ImageSelection("both", 5, 3).choose(history, candidates) == ({3}, {0, 2})
+    assert ImageSelection("both", 5, 0).choose(history, candidates) == (set(), set())
+    with pytest.raises(ValueError, match="--image-items"):
+        ImageSelection("posters")
+
+
+def test_image_soft_tokens_land_exactly_at_image_slots(llava, tmp_path):
+    """One block of the processor's image tokens per real image, none from text ("<image>" in a title stays
+    text), and inside the model the merged embeddings at those positions are the projected image features."""
+    from mmrec_gen.rank.hf_backend import HFBackend
+
+    processor = llava.tokenizer
+    items = _posters(tmp_path / "img", 4)
+    forged = Item("f", "Evil <image> title <image>", {"genres": "Drama"}, image=None)
+    builder = PromptBuilder(
+        processor, "rank_listwise_images", use_images=True, image_token_count=IMAGE_TOKENS,
+        image_selection=ImageSelection("both", history=1, max_images=20),
+    )  # fmt: skip
+    history = [HistoryEntry(items[0], 4.0), HistoryEntry(forged, 3.0), HistoryEntry(items[1], 5.0)]
+    prompt = builder.rank("u1", history, [items[2], forged, items[3]])
+    # Candidates with an image, then the last history item (the budget of 1 history image).
+    assert prompt.images == [items[1].image, items[2].image, items[3].image]
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert prompt.input_ids.count(image_id) == 3
+    assert "Evil <\u200bimage> title" in prompt.prompt_text  # neutralized: no image token from data
+
+    backend = HFBackend(llava, batch_size=2, progress=False)
+    inputs = backend._image_inputs([prompt])
+    ids = inputs["input_ids"][0].tolist()
+    runs, k = [], 0
+    while k < len(ids):
+        if ids[k] == image_id:
+            start = k
+            while k < len(ids) and ids[k] == image_id:
+                k += 1
+            runs.append(k - start)
+        else:
+            k += 1
+    assert runs == [IMAGE_TOKENS] * 3
+    assert inputs["pixel_values"].shape[0] == 3
+
+    captured = {}
+    language_model = llava.model.model.language_model
+    hook = language_model.register_forward_pre_hook(
+        lambda _m, _a, kw: captured.update(embeds=kw["inputs_embeds"].detach().clone()), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            llava.model(**inputs, logits_to_keep=1)
+            features = llava.model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)
+            features = torch.cat(list(features.pooler_output), dim=0)
+            text_embeds = llava.model.get_input_embeddings()(
+                inputs["input_ids"].masked_fill(inputs["input_ids"] == image_id, 0)
+            )
+    finally:
+        hook.remove()
+    at_images = inputs["input_ids"][0] == image_id
+    torch.testing.assert_close(captured["embeds"][0, at_images], features.reshape(-1, features.shape[-1]))
+    torch.testing.assert_close(captured["embeds"][0, ~at_images], text_embeds[0, ~at_images])
+
+
+def _rank_cfg(mm_data, llava_dir, tmp_path, mode, **kw):
+    from mmrec_gen.rank.rank_config import RankConfig
+
+    options = dict(
+        data=str(mm_data), images=str(mm_data / "images"), model=llava_dir, mode=mode, out=str(tmp_path / f"{mode}.jsonl"),
+        max_users=4, num_candidates=5, cache_dir=str(tmp_path / "cand"), progress=False, max_history=5, batch_size=2,
+        template="rank_listwise_images", max_new_tokens=12,
+    )  # fmt: skip
+    options.update(kw)
+    return RankConfig(**options)
+
+
+@pytest.mark.parametrize("mode", ["score", "constrained", "generate"])
+def test_the_tiny_llava_ranks_with_images_in_every_mode(mode, mm_data, llava_dir, llava, tmp_path):
+    from mmrec_gen.rank.pipeline import run_rank
+
+    rows = run_rank(_rank_cfg(mm_data, llava_dir, tmp_path, mode), loaded_model=llava)
+    assert len(rows) == 4 and all(r["error"] is None for r in rows)
+    for row in rows:
+        assert sorted(row["ranking"]) == sorted(row["candidates"])
+    if mode != "generate":  # score and constrained always give a valid permutation (R3)
+        assert all(r["valid"] for r in rows)
+
+
+def test_the_images_change_the_scores(mm_data, llava_dir, llava, tmp_path):
+    """The same prompts with no image shown (a budget of 0) score differently: the pixels reach the model."""
+    from mmrec_gen.rank.pipeline import run_rank
+
+    with_images = run_rank(_rank_cfg(mm_data, llava_dir, tmp_path / "a", "score"), loaded_model=llava)
+    without = run_rank(_rank_cfg(mm_data, llava_dir, tmp_path / "b", "score", max_images=0), loaded_model=llava)
+    assert [r["candidates"] for r in with_images] == [r["candidates"] for r in without]
+    assert all(a["scores"] != b["scores"] for a, b in zip(with_images, without, strict=True))
+
+
+def test_a_batch_ranks_as_each_prompt_alone(mm_data, llava_dir, llava, tmp_path):
+    from mmrec_gen.rank.pipeline import run_rank
+
+    batched = run_rank(_rank_cfg(mm_data, llava_dir, tmp_path / "a", "score", batch_size=4), loaded_model=llava)
+    alone = run_rank(_rank_cfg(mm_data, llava_dir, tmp_path / "b", "score", batch_size=1), loaded_model=llava)
+    for a, b in zip(batched, alone, strict=True):
+        torch.testing.assert_close(torch.tensor(a["scores"]), torch.tensor(b["scores"]), atol=1e-4, rtol=1e-4)
+
+
+def test_the_tiny_llava_explains_with_images(mm_data, llava_dir, llava, tmp_path):
+    from mmrec_gen.rank.pipeline import run_explain
+    from mmrec_gen.rank.rank_config import ExplainConfig
+
+    cfg = ExplainConfig(
+        data=str(mm_data), images=str(mm_data / "images"), model=llava_dir, out=str(tmp_path / "why.jsonl"),
+        max_users=3, num_candidates=5, cache_dir=str(tmp_path / "cand"), progress=False, max_history=5,
+        max_new_tokens=8, image_items="both", image_history=2,
+    )  # fmt: skip
+    rows = run_explain(cfg, loaded_model=llava)
+    assert len(rows) == 3 and all(r["error"] is None and isinstance(r["explanation"], str) for r in rows)
+
+
+# ------------------------------------------------------------------------------------------------ training
+def _train_cfg(mm_data, llava_dir, out, **kw):
+    from mmrec_gen.train.config import SFTTrainConfig
+
+    options = dict(
+        data=str(mm_data), images=str(mm_data / "images"), model=llava_dir, output_dir=str(out), max_users=3,
+        num_candidates=4, max_history=4, template="rank_listwise_images", max_steps=1, per_device_train_batch_size=2,
+        gradient_accumulation_steps=1, learning_rate=1e-2, warmup_steps=0, progress=False, save_steps=100,
+        report_to="none", lora_r=4, lora_dropout=0.0, logging_steps=1, min_history=3,
+    )  # fmt: skip
+    options.update(kw)
+    return SFTTrainConfig(**options)
+
+
+def test_training_labels_are_the_answer_only_never_an_image_token(mm_data, llava_dir, llava, tmp_path):
+    from mmrec_gen.train.rows import RowStats
+    from mmrec_gen.train.trainers import _examples
+    from mmrec_gen.train.vlm_trainer import IGNORE_INDEX, VLMCollator, end_of_turn, vlm_rows
+
+    cfg = _train_cfg(mm_data, llava_dir, tmp_path / "out")
+    ds, rendered = _examples(cfg, llava, RowStats())
+    rows = vlm_rows(cfg, ds, rendered)[:2]
+    assert all(len(r["images"]) == cfg.num_candidates for r in rows)  # every synthetic candidate has an image
+    processor = llava.tokenizer
+    eot = end_of_turn(processor)
+    assert eot == "<|im_end|>"
+    batch = VLMCollator(processor, eot)(rows)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((batch["input_ids"] == image_id).sum()) == 2 * cfg.num_candidates * IMAGE_TOKENS
+    assert bool((batch["labels"][batch["input_ids"] == image_id] == IGNORE_INDEX).all())
+    for row, r in enumerate(rows):
+        labelled = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX].tolist()
+        assert labelled == processor.tokenizer(r["answer"] + eot, add_special_tokens=False)["input_ids"]
+
+
+def _changed(before: dict, model) -> set[str]:
+    return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+
+
+def test_a_lora_step_changes_only_language_model_adapters(mm_data, llava_dir, tmp_path):
+    from mmrec_gen.models.registry import load_model
+    from mmrec_gen.train.vlm_trainer import run_vlm_sft
+
+    loaded = load_model(llava_dir)
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    summary = run_vlm_sft(_train_cfg(mm_data, llava_dir, tmp_path / "out"), loaded=loaded)
+    assert summary["steps"] == 1 and summary["path"] == "vlm"
+    model = loaded.model  # PEFT injected its LoRA layers into this module in place
+    after = {n.replace("base_model.model.", ""): p for n, p in model.named_parameters()}
+    changed = {n for n, p in after.items() if n in before and not torch.equal(before[n], p.detach())}
+    assert changed == set(), f"base weights changed: {sorted(changed)[:3]}"  # LoRA only
+    lora = {n for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and all(".language_model." in n for n in lora)
+    assert not any("vision_tower" in n or "multi_modal_projector" in n for n in lora)
+    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert adapter["exclude_modules"] and "multi_modal_projector" in adapter["exclude_modules"]
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert any(bool(p.detach().abs().sum() > 0) for p in lora_b)  # the step moved the adapters (B starts at 0)
