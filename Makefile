@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install model demo test lint bench clean
+.PHONY: install model chromium demo test lint bench clean
 
-install: $(STAMP) model
+install: $(STAMP) model chromium
 
 # torch is installed first and pinned: the CPU build (2.13.0) is taken from local disk; an unpinned torch would
 # pull a multi-GB CUDA build. torchvision is never installed (PyPI's CUDA build breaks transformers here).
@@ -25,8 +25,19 @@ $(STAMP): pyproject.toml
 model: $(STAMP)
 	$(BIN)/python -c "from mmrec_gen.models.smollm2 import ensure_smollm2; print('model:', ensure_smollm2())"
 
+# Headless Chromium for the report's browser test (tests/test_report_html.py). Debian's package, installed only when
+# missing and only where apt-get runs as root; if it cannot be installed the test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
+	  echo "chromium could not be installed here: the browser test of mmrec report will be skipped"
+
+# The demo ends with the HTML report of its runs (self-contained: open the printed path in any browser).
 demo: install
 	$(BIN)/mmrec demo
+	$(BIN)/mmrec report runs/demo/rank_score.jsonl runs/demo/rank_constrained.jsonl runs/demo/rank_generate.jsonl \
+	  --data runs/demo/synthetic --explanations runs/demo/explanations.jsonl --out runs/demo/report.html
 
 test: install
 	$(BIN)/python -m pytest -q
