@@ -224,22 +224,45 @@ def _changed(before: dict, model) -> set[str]:
     return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
 
 
-def test_a_lora_step_changes_only_language_model_adapters(mm_data, llava_dir, tmp_path):
+@pytest.mark.parametrize("train_projector", [False, True])
+def test_a_lora_step_changes_only_language_model_adapters(train_projector, mm_data, llava_dir, tmp_path):
+    """LoRA lands on the language model only; the vision tower never changes; the projector changes only with
+    --train-projector (a trainable copy saved with the adapter, LLaVA's stage 2), and the adapter then ranks."""
+    from safetensors.torch import load_file
+
     from mmrec_gen.models.registry import load_model
+    from mmrec_gen.rank.pipeline import run_rank
     from mmrec_gen.train.vlm_trainer import run_vlm_sft
 
     loaded = load_model(llava_dir)
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
-    summary = run_vlm_sft(_train_cfg(mm_data, llava_dir, tmp_path / "out"), loaded=loaded)
+    out = tmp_path / "out"
+    summary = run_vlm_sft(_train_cfg(mm_data, llava_dir, out, train_projector=train_projector), loaded=loaded)
     assert summary["steps"] == 1 and summary["path"] == "vlm"
-    model = loaded.model  # PEFT injected its LoRA layers into this module in place
-    after = {n.replace("base_model.model.", ""): p for n, p in model.named_parameters()}
-    changed = {n for n, p in after.items() if n in before and not torch.equal(before[n], p.detach())}
-    assert changed == set(), f"base weights changed: {sorted(changed)[:3]}"  # LoRA only
-    lora = {n for n, p in model.named_parameters() if "lora_" in n}
+    model = loaded.model  # PEFT injected its layers into this module in place
+    params = dict(model.named_parameters())
+    base = {n: p for n, p in params.items() if "lora_" not in n and "modules_to_save" not in n}
+    for name, p in base.items():  # every original weight (vision tower, projector, language model) is unchanged
+        key = name.replace("base_model.model.", "").replace(".original_module", "").replace(".base_layer", "")
+        assert torch.equal(before[key], p.detach()), name
+    lora = {n for n in params if "lora_" in n}
     assert lora and all(".language_model." in n for n in lora)
     assert not any("vision_tower" in n or "multi_modal_projector" in n for n in lora)
-    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
-    assert adapter["exclude_modules"] and "multi_modal_projector" in adapter["exclude_modules"]
-    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    lora_b = [p for n, p in params.items() if "lora_B" in n]
     assert any(bool(p.detach().abs().sum() > 0) for p in lora_b)  # the step moved the adapters (B starts at 0)
+    copies = {n: p for n, p in params.items() if "modules_to_save" in n}
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    if not train_projector:
+        assert copies == {} and not any("multi_modal_projector" in k for k in saved)
+    else:
+        assert copies and all("multi_modal_projector" in n for n in copies)
+        original = {n: before[n.replace(".modules_to_save.default", "")] for n in copies}
+        moved = [n for n, p in copies.items() if not torch.equal(p.detach(), original[n])]
+        assert moved, "the trainable projector copy did not change"
+        assert any("multi_modal_projector" in k for k in saved)
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert "multi_modal_projector" in adapter["exclude_modules"]
+    rows = run_rank(
+        _rank_cfg(mm_data, llava_dir, tmp_path, "score", adapter=str(out)), loaded_model=load_model(llava_dir)
+    )
+    assert all(r["valid"] for r in rows)

@@ -106,6 +106,13 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
         default_factory=lambda: ["all-linear"],
         metadata={"help": "Modules that get LoRA; all-linear = every linear layer of the language model."},
     )
+    train_projector: bool = field(
+        default=False,
+        metadata={
+            "help": "Vision-language models: also train the multi-modal projector (LLaVA's stage 2), saved with the "
+            "adapter; the vision tower stays frozen either way."
+        },
+    )
     lora_last_layers: int | None = field(
         default=None,
         metadata={

@@ -38,6 +38,8 @@ CONFIG_FILE = "mmrec_train_config.json"
 SUMMARY_FILE = "train_summary.json"
 # LoRA goes on the language model only: never on a vision tower or the projector of a LLaVA-style model.
 _NOT_LANGUAGE_MODEL = r".*(vision_tower|vision_model|visual|multi_modal_projector|mm_projector).*"
+# Module names of the projector between vision tower and language model (LLaVA, Qwen2-VL's merger, Idefics3).
+_PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "merger", "connector")
 
 
 def _cpu_seconds() -> float:
@@ -185,12 +187,26 @@ def peft_model(cfg: TrainConfig, loaded: LoadedModel):
                 exclude_modules=_NOT_LANGUAGE_MODEL if has_vision else None,
                 layers_to_transform=_last_layers(model, cfg.lora_last_layers),
                 task_type="CAUSAL_LM",
+                # LLaVA's stage 2 also trains the projector: a full trainable copy, saved with the adapter.
+                modules_to_save=_projector_modules(model) if cfg.train_projector else None,
             ),
         )
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("LoRA: %.2fM trainable parameters of %.1fM", trainable / 1e6, loaded.num_parameters / 1e6)
     return model
+
+
+def _projector_modules(model) -> list[str]:
+    """The multi-modal projector of a vision-language model, by its module name (LLaVA, Qwen2-VL, Idefics3)."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    found = [n for n in _PROJECTOR_NAMES if n in names]
+    if not found:
+        raise ValueError(
+            f"--train-projector: {type(model).__name__} has no multi-modal projector module (looked for "
+            f"{', '.join(_PROJECTOR_NAMES)}); it is for vision-language models"
+        )
+    return found
 
 
 def _last_layers(model, n: int | None) -> list[int] | None:
