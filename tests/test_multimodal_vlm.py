@@ -129,6 +129,34 @@ def test_image_soft_tokens_land_exactly_at_image_slots(llava, tmp_path):
     torch.testing.assert_close(captured["embeds"][0, ~at_images], text_embeds[0, ~at_images])
 
 
+@pytest.mark.parametrize("policy", ["skip", "placeholder", "fail"])
+def test_bad_images_follow_the_policy_in_prompts(policy, llava, tmp_path, caplog):
+    """A 0-byte and a truncated poster: skip shows those items without an image, placeholder keeps their image
+    blocks (the backend reads the grey placeholder), fail stops naming the file."""
+    from mmrec_gen.data.images import BadImageError, ImageReader
+    from mmrec_gen.rank.hf_backend import HFBackend
+
+    items = _posters(tmp_path / "img", 3)
+    Path(items[1].image).write_bytes(b"")
+    data = Path(items[2].image).read_bytes()
+    Path(items[2].image).write_bytes(data[: len(data) // 2])
+    builder = PromptBuilder(
+        llava.tokenizer, "rank_listwise_images", use_images=True, image_token_count=IMAGE_TOKENS,
+        image_selection=ImageSelection("candidates"), image_reader=ImageReader(policy),
+    )  # fmt: skip
+    if policy == "fail":
+        with pytest.raises(BadImageError, match="p1.png"):
+            builder.rank("u1", [], items)
+        return
+    prompt = builder.rank("u1", [], items)
+    expected = [items[0].image] if policy == "skip" else [i.image for i in items]
+    assert prompt.images == expected
+    assert builder.image_reader.report.counts() == {"empty": 1, "truncated": 1}
+    assert "bad image" in caplog.text and "p1.png" in caplog.text
+    inputs = HFBackend(llava, batch_size=1, progress=False)._image_inputs([prompt])
+    assert inputs["pixel_values"].shape[0] == len(expected)
+
+
 def _rank_cfg(mm_data, llava_dir, tmp_path, mode, **kw):
     from mmrec_gen.rank.rank_config import RankConfig
 

@@ -283,7 +283,17 @@ class PromptBuilder:
         if self.image_reader is None:
             return True
         if item.image not in self._usable:
+            report = self.image_reader.report
+            bad = len(report.bad)
             self._usable[item.image] = self.image_reader.read(item.image, item.item_id) is not None
+            if len(report.bad) > bad:  # counted in the reader's report; each bad file is named once
+                entry = report.bad[-1]
+                logger.warning(
+                    "item %s: bad image %s (%s; --on-bad-image %s: %s); %d bad image(s) so far",
+                    item.item_id, entry["path"], entry["problem"], report.policy,
+                    "shown as a grey placeholder" if self._usable[item.image] else "shown without its image",
+                    len(report.bad),
+                )  # fmt: skip
         return self._usable[item.image]
 
     def _item_ctx(self, user_id: str, item: Item) -> Callable[[ImageMarkers | None], dict[str, Any]]:
