@@ -118,10 +118,10 @@ def test_a_title_holding_control_tokens_is_cited_as_text(tiny_model_real_tokeniz
     task = UserTask("u1", [HistoryEntry(evil, None)], [TARGET], TARGET.item_id)
     seen = []
 
-    class Spy(HFBackend):
-        def generate(self, prompts, max_new_tokens):
-            seen.extend(prompts)
-            return super().generate(prompts, max_new_tokens)
+    class Spy(HFBackend):  # records what goes into the model's generate()
+        def _generate_inputs(self, batch):
+            seen.extend(batch)
+            return super()._generate_inputs(batch)
 
     rows = explain(
         Spy(loaded, batch_size=1, progress=False), builder, [task], [TARGET], catalogue={}, max_new_tokens=8,
@@ -132,3 +132,28 @@ def test_a_title_holding_control_tokens_is_cited_as_text(tiny_model_real_tokeniz
     prompt_len = len(builder.explain("u1", task.history, TARGET, select_evidence([evil], TARGET)).input_ids)
     forced = seen[0].input_ids[prompt_len:]
     assert forced and not special & set(forced)
+
+
+def test_cited_display_titles_count_and_genre_words_are_not_titles():
+    from mmrec_gen.rank.explain import check_explanation
+    from mmrec_gen.rank.titles import display_title, normalize_title
+
+    catalogue = {normalize_title(t): t for t in ["Matrix, The (1999)", "Romance (1999)", "Batman (1966)"]}
+    assert display_title("Matrix, The (1999)") == "The Matrix (1999)"
+    text = "Because you enjoyed The Matrix (1999), a Romance like Batman (1989) is next."
+    checks = check_explanation(text, ["Matrix, The (1999)", "Batman (1989)"], [], catalogue, ["Romance", "Action"])
+    assert checks["cited_history"] == ["Matrix, The (1999)", "Batman (1989)"]  # the history's Batman, not the remake
+    assert checks["hallucinated_titles"] == []
+    # Without the genre vocabulary, "Romance" reads as the film "Romance (1999)".
+    without = check_explanation(text, ["Matrix, The (1999)", "Batman (1989)"], [], catalogue)
+    assert without["hallucinated_titles"] == ["Romance (1999)"]
+
+
+def test_a_short_title_counts_when_cited_with_its_year_only():
+    from mmrec_gen.rank.explain import check_explanation
+
+    history = ["Emma (1996)", "Heat (1995)"]
+    assert check_explanation("Because you enjoyed Emma (1996), try it.", history, [], {})["cited_history"] == [
+        "Emma (1996)"
+    ]
+    assert check_explanation("Emma would love the heat of it.", history, [], {})["cited_history"] == []

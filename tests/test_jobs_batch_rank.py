@@ -196,3 +196,47 @@ def test_options_are_checked_before_anything_runs(synth_dir, tmp_path):
     (tmp_path / "o" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"holds files that are not a batch-rank job's \(notes.txt\)"):
         run_batch_rank(_cfg(synth_dir, tmp_path, tmp_path / "o"))
+
+
+class _OOMOverTwo:
+    """Fault injection: out-of-memory whenever a forward pass holds more than two rows, or a prompt of one length."""
+
+    def __init__(self, model, fail_len: int):
+        self.model, self.fail_len = model, fail_len
+
+    def __call__(self, *args, **kwargs):
+        import torch
+
+        ids = kwargs["input_ids"]
+        if ids.shape[0] > 2 or ids.shape[1] == self.fail_len:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_out_of_memory_halves_batches_and_one_user_that_still_fails_is_an_error_row(synth_dir, tmp_path, tiny_model):
+    """R8 in a job: the backend halves a batch that ran out of memory; a prompt that fails alone is an error row."""
+    import dataclasses
+
+    from mmrec_gen.jobs.batch_rank import plan_batch
+    from mmrec_gen.prompting.render import PromptBuilder
+
+    cfg = _cfg(synth_dir, tmp_path, tmp_path / "ref", batch_size=8)
+    run_batch_rank(cfg, loaded_model=tiny_model)
+    ref = {r["user_id"]: r for r in read_results(tmp_path / "ref")}
+    builder = PromptBuilder.from_options(tiny_model.tokenizer, "rank_listwise", cfg, 1)
+    lengths = {
+        e.user_id: len(builder.rank(e.user_id, e.history, e.candidates).input_ids)
+        for s in plan_batch(cfg).shards
+        for e in s
+    }
+    victim = list(lengths)[5]
+    flaky = dataclasses.replace(tiny_model, model=_OOMOverTwo(tiny_model.model, lengths[victim]))
+    summary = run_batch_rank(_cfg(synth_dir, tmp_path, tmp_path / "oom", batch_size=8), loaded_model=flaky)
+    rows = read_results(tmp_path / "oom")
+    failed = {r["user_id"] for r in rows if r["error"]}
+    assert victim in failed and failed == {u for u, n in lengths.items() if n == lengths[victim]}
+    assert all("out of memory" in r["error"] for r in rows if r["error"]) and summary.error_rows == len(failed)
+    assert all(r["ranking"] == ref[r["user_id"]]["ranking"] for r in rows if not r["error"]) and len(rows) == 11

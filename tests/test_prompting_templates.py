@@ -32,6 +32,7 @@ EXPECTED_IDS = {
     "explain",
     "pointwise",
     "rec_items",
+    "rec_items_titles",
     "rec_labels",
     "rank_listwise_images",
     "align_caption",

@@ -106,6 +106,11 @@ def answer_bridge() -> str:
     return str(_answer_macros().bridge())
 
 
+def answer_stop() -> tuple[str, ...]:
+    """Where the generated rest of an explanation ends (one sentence)."""
+    return tuple(s for s in str(_answer_macros().stop()).split("|") if s)
+
+
 def answer_reason(item_title: str, shared: Sequence[str]) -> str:
     """The rest of a training target (`mmrec train sft --target explanation`): what the cited item shares with the
     recommendation, from data only."""

@@ -36,6 +36,7 @@ class ForcedChoice:
     lead: str
     options: tuple[str, ...]
     bridge: str
+    stop: tuple[str, ...] = ()  # the free text ends with the first of these (e.g. "." for one sentence)
 
 
 class BackendError(RuntimeError):
@@ -62,8 +63,9 @@ class RankBackend(Protocol):
         self, prompts: Sequence[RenderedPrompt], choices: Sequence[ForcedChoice], max_new_tokens: int
     ) -> list:
         """Per prompt and its choice: (index of the option chosen, the greedy continuation after lead + option +
-        bridge, as text), or a BackendError. Each option is scored by the mean log-probability of its tokens after
-        the prompt and `lead` (the tokens all options share are the lead's); ties go to the first option."""
+        bridge up to and including the first `stop` string, as text), or a BackendError. Each option is scored by
+        the mean log-probability of its tokens after the prompt and `lead` (the tokens all options share are the
+        lead's); ties go to the first option."""
 
 
 BACKENDS = Registry("backend")

@@ -14,29 +14,54 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from mmrec_gen.data.schema import Item
-from mmrec_gen.prompting.evidence import Evidence, answer_bridge, answer_lead, field_values, select_evidence
+from mmrec_gen.prompting.evidence import (
+    LIST_FIELDS,
+    Evidence,
+    answer_bridge,
+    answer_lead,
+    answer_stop,
+    field_values,
+    select_evidence,
+)
 from mmrec_gen.prompting.render import PromptBuilder
 from mmrec_gen.prompting.sanitize import neutralize
 from mmrec_gen.rank.backend import BackendError, ForcedChoice, RankBackend
 from mmrec_gen.rank.ranker import UserTask
-from mmrec_gen.rank.titles import mentioned_titles, normalize_title
+from mmrec_gen.rank.titles import YEAR_SUFFIX, display_title, mentioned_titles, normalize_title
 
 logger = logging.getLogger(__name__)
 
 _QUOTED = re.compile(r"[\"“”«»]([^\"“”«»\n]{3,80})[\"“”«»]")
 
 
-def check_explanation(text: str, history: Sequence[str], candidates: Sequence[str], catalogue: dict[str, str]) -> dict:
-    """Which titles an explanation mentions, which of them are hallucinated, and whether it cites the history."""
+def check_explanation(
+    text: str,
+    history: Sequence[str],
+    candidates: Sequence[str],
+    catalogue: dict[str, str],
+    field_values: Iterable[str] = (),
+) -> dict:
+    """Which titles an explanation mentions, which of them are hallucinated, and whether it cites the history.
+
+    A catalogue title that equals one of `field_values` (the genres and tags the prompt showed: MovieLens has a
+    film called "Romance") is read as that value, not as a title. A title shared by a history or candidate item
+    and another catalogue item (remakes) is reported as the history / candidate item's."""
     history_norm = {normalize_title(t) for t in history}
     allowed = history_norm | {normalize_title(t) for t in candidates}
-    known = dict(catalogue)
-    for title in [*history, *candidates]:
-        known.setdefault(normalize_title(title), title)
+    words = {normalize_title(v) for v in field_values}
+    known = {norm: title for norm, title in catalogue.items() if norm not in words}
+    known.update({normalize_title(t): t for t in [*candidates, *history]})
     mentioned = mentioned_titles(text, known)
+    # A short title ("Emma") is too common a word to look for alone, but cited with its year ("Emma (1996)", the
+    # form a grounded explanation cites) it is a mention.
+    for title in [*history, *candidates]:
+        norm = normalize_title(title)
+        if norm and norm not in mentioned and YEAR_SUFFIX.search(title):
+            if re.search(rf"(?<!\w){re.escape(display_title(title))}", text, re.IGNORECASE):
+                mentioned.append(norm)
     hallucinated = [known[m] for m in mentioned if m not in allowed]
     # A quoted title that matches nothing we know is a made-up title.
     for quoted in _QUOTED.findall(text):
@@ -94,8 +119,10 @@ def explain(
         if isinstance(out, BackendError):
             rows[i] = {**row, "explanation": None, "error": str(out), "meta": meta}
             continue
+        shown = [*(h.item for h in task.history), *task.candidates]
+        values = {v for it in shown for key in LIST_FIELDS for v in field_values(it, key)}
         checks = check_explanation(
-            out, [h.item.title for h in task.history], [c.title for c in task.candidates], catalogue
+            out, [h.item.title for h in task.history], [c.title for c in task.candidates], catalogue, values
         )
         rows[i] = {**row, "cited_title": cited_title, "explanation": out, **checks, "error": None, "meta": meta}
     return rows  # type: ignore[return-value]
@@ -116,11 +143,16 @@ def _generate(
     if grounded:
         lead, bridge = answer_lead(), answer_bridge()
         # Titles pass through the prompt's neutralizer, so a title can never put a control token into the answer.
+        # Cited as a sentence names them ("The Matrix (1999)", not "Matrix, The (1999)").
         clean = [
-            [neutralize(e.item.title, builder.special_tokens, builder.context.max_text_chars) for e in evidences[i]]
+            [
+                neutralize(display_title(e.item.title), builder.special_tokens, builder.context.max_text_chars)
+                for e in evidences[i]
+            ]
             for i in grounded
         ]
-        choices = [ForcedChoice(lead, tuple(f" {t}" for t in titles), bridge) for titles in clean]
+        stop = answer_stop()
+        choices = [ForcedChoice(lead, tuple(f" {t}" for t in titles), bridge, stop) for titles in clean]
         results = backend.choose_then_generate([prompts[i] for i in grounded], choices, max_new_tokens)
         for i, choice, res in zip(grounded, choices, results, strict=True):
             if isinstance(res, BackendError):

@@ -317,7 +317,7 @@ class HFBackend:
         self, prompts: Sequence[RenderedPrompt], choices: Sequence[ForcedChoice], max_new_tokens: int
     ) -> list:
         """The option with the best `option_scores` (the first of tied ones; a single option is not scored), then
-        greedy decoding after prompt + lead + option + bridge."""
+        greedy decoding after prompt + lead + option + bridge, up to the first of the choices' `stop` strings."""
         many = [i for i, c in enumerate(choices) if len(c.options) > 1]
         picks: list = [0] * len(prompts)
         scores = self.option_scores([prompts[i] for i in many], [choices[i] for i in many])
@@ -327,7 +327,16 @@ class HFBackend:
         for p, c, pick in zip(prompts, choices, picks, strict=True):
             forced = [] if isinstance(pick, BackendError) else self._encode(c.lead + c.options[pick] + c.bridge)
             continued.append(_Tokens(p.user_id, [*p.input_ids, *forced], images=tuple(p.images)))
-        texts = self.generate(continued, max_new_tokens)
+        stops = sorted({s for c in choices for s in c.stop})
+
+        def run(batch: list[_Tokens]) -> list:
+            inputs = self._generate_inputs(batch)
+            config = self._generation_config(max_new_tokens)
+            config.stop_strings = stops or None  # each row stops at its own first stop string (or at EOS)
+            out = self.model.generate(**inputs, generation_config=config, tokenizer=self.tokenizer if stops else None)
+            return self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+        texts = self._map(continued, run, "explain")
         return [
             pick if isinstance(pick, BackendError) else text if isinstance(text, BackendError) else (pick, text)
             for pick, text in zip(picks, texts, strict=True)

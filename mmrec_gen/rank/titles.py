@@ -1,26 +1,21 @@
-"""Title normalisation, the one place for it: the year suffix and "Matrix, The" articles (used by the output
-parser's title matching), and normalize_title (case, Unicode form; used by explanation checks)."""
+"""Title matching, the one place for it: normalize_title (case, Unicode form, year and article; used by explanation
+checks) and mentioned_titles. The title forms themselves (year suffix, "Matrix, The" articles, display_title) live in
+prompting/titles.py, below rank/ and train/, and are re-exported here for the output parser."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 
-# "(1999)", "( 1999 )", "(1999-2003)", "(1999–)": the year suffix of MovieLens-style titles.
-YEAR_SUFFIX = re.compile(r"\s*\(\s*\d{4}(?:\s*[-–]\s*\d{0,4})?\s*\)\s*$")
-# "Matrix, The" -> "The Matrix" (MovieLens moves leading articles to the end).
-TRAILING_ARTICLE = re.compile(r"^(?P<rest>.+),\s*(?P<art>the|a|an|les|la|le|l'|il|el|die|der|das)$", re.IGNORECASE)
+from mmrec_gen.prompting.titles import (  # noqa: F401 - re-exported: the parser and the report use them from here
+    TRAILING_ARTICLE,
+    YEAR_SUFFIX,
+    display_title,
+    front_article,
+    strip_year,
+)
+
 _NON_WORD = re.compile(r"[^\w]+")
-
-
-def strip_year(title: str) -> str:
-    return YEAR_SUFFIX.sub("", title).strip()
-
-
-def front_article(title: str) -> str:
-    """'Matrix, The' -> 'The Matrix'; other titles unchanged."""
-    match = TRAILING_ARTICLE.match(title)
-    return f"{match['art']} {match['rest']}" if match else title
 
 
 def normalize_title(title: str) -> str:

@@ -62,6 +62,14 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
         metadata={"help": "Item-token runs: keep only the first N transformer layers (faster); default all."},
     )
     text_encoder: str = field(default="minilm", metadata={"help": "Encoder of the `text` item-token source."})
+    curriculum: float = field(
+        default=0.0,
+        metadata={
+            "help": "Item-token runs: LLaRA's curriculum. The share of training prompts whose item slots carry "
+            "their soft tokens ramps linearly from 0 to 1 over this fraction of the steps (the others are "
+            "text-only: zero vectors at the slots); 0 = every prompt hybrid from the first step."
+        },
+    )
     projector: str | None = field(
         default=None,
         metadata={
@@ -165,6 +173,10 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
             raise ValueError(f"--head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.head == "items" and not sources:
             raise ValueError("--head items scores items by their item tokens: pass --item-tokens (e.g. cf,text)")
+        if not 0.0 <= self.curriculum <= 1.0:
+            raise ValueError(f"--curriculum is a fraction of the steps in [0, 1], got {self.curriculum}")
+        if self.curriculum and not sources:
+            raise ValueError("--curriculum ramps in item tokens: pass --item-tokens (e.g. cf,text)")
         if self.projector and "image" not in sources:
             raise ValueError("--projector starts the image projector: add image to --item-tokens (e.g. text,image)")
         if self.split not in ("valid", "test"):

@@ -25,6 +25,7 @@ from mmrec_gen.data.seeding import rng_for
 from mmrec_gen.prompting.evidence import NUM_EVIDENCE, answer_bridge, answer_lead, answer_reason, select_evidence
 from mmrec_gen.prompting.labels import label_token_ids
 from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder, PromptTooLongError, RenderedPrompt
+from mmrec_gen.prompting.titles import display_title
 from mmrec_gen.train.examples import TrainExample, negative_indices
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ def explanation(ds: Dataset, ex: TrainExample) -> str:
     if not evidence:
         return ""
     best = evidence[0]
-    return f"{answer_lead()} {best.item.title}{answer_bridge()}{answer_reason(answer.title, best.shared)}"
+    cited = display_title(best.item.title)  # the form `mmrec explain` cites: "The Matrix (1999)"
+    return f"{answer_lead()} {cited}{answer_bridge()}{answer_reason(display_title(answer.title), best.shared)}"
 
 
 def answer_text(ds: Dataset, item: RenderedExample, *, target: str, explanations: bool, seed: int) -> str:
