@@ -169,9 +169,10 @@ def run_align(cfg: AlignConfig, loaded=None) -> dict:
     started, cpu_started = time.time(), _cpu_seconds()
     resume_from = check_resume(cfg, "align")
     ds = load_dataset(cfg.data, images_dir=cfg.images)
-    features = build_item_features(
-        ds, None, ["image"], split=cfg.split, seed=cfg.seed, image_encoder=cfg.image_encoder
-    )  # the image table needs no split
+    features = build_item_features(  # the image table needs no split
+        ds, None, ["image"], split=cfg.split, seed=cfg.seed, image_encoder=cfg.image_encoder,
+        on_bad_image=cfg.on_bad_image, max_image_pixels=cfg.max_image_pixels,
+    )  # fmt: skip
     has_image = np.asarray(features.has_image, bool)
     loaded = loaded or load_base(cfg)
     tokenizer = text_tokenizer(loaded.tokenizer)
