@@ -55,7 +55,8 @@ def test_hub_model_offline_is_one_clear_error_at_once(synth_dir, tmp_path, how):
     assert len(error) == 1 and "'someowner/somemodel'" in error[0]
     assert "smollm2-135m-instruct" in error[0] and "local model folder" in error[0]
     assert ("HF_HUB_OFFLINE is set" if extra else "the hub cannot be reached") in error[0]
-    assert seconds < 30, f"took {seconds:.1f} s (imports included); retries would take about a minute"
+    # The deterministic checks are above (no retry, no traceback); the bound leaves room for a loaded machine.
+    assert seconds < 45, f"took {seconds:.1f} s (imports included); retries take about a minute"
 
 
 def _fake_hub_cache(hf_home: Path, repo_id: str) -> None:
@@ -74,9 +75,10 @@ def _fake_hub_cache(hf_home: Path, repo_id: str) -> None:
 
 def test_cached_hub_model_loads_without_the_hub(tmp_path):
     _fake_hub_cache(tmp_path / "hf", "someowner/tiny")
-    code = (
-        "import time; t = time.perf_counter()\n"
+    code = (  # time the load only: imports alone can take half a minute on a loaded machine
+        "import time, torch, transformers\n"
         "from mmrec_gen.models.registry import load_model\n"
+        "t = time.perf_counter()\n"
         "m = load_model('someowner/tiny')\n"
         "print(m.name, round(time.perf_counter() - t, 1))\n"
     )
@@ -86,8 +88,8 @@ def test_cached_hub_model_loads_without_the_hub(tmp_path):
         )
         assert res.returncode == 0, res.stderr[-2000:]
         name, seconds = res.stdout.split()
-        assert name == "someowner/tiny" and float(seconds) < 30
-        assert "Retrying" not in res.stderr
+        assert "Retrying" not in res.stderr  # from_pretrained's backoff (about 23 s per file) never starts
+        assert name == "someowner/tiny" and float(seconds) < 60
         if not extra:
             assert "the hub is unreachable" in res.stderr and "loading the cached copy" in res.stderr
 
