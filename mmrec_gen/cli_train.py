@@ -30,6 +30,8 @@ class MergeConfig:
 
 def train_and_report(kind: str, cfg) -> int:
     """Run one training command for a filled config and print its summary (also used by scripts/)."""
+    from mmrec_gen.models.item_tokens import read_item_token_config
+    from mmrec_gen.train.item_dpo import run_item_dpo
     from mmrec_gen.train.item_trainer import run_item_sft
     from mmrec_gen.train.trainers import RunFinished, run_dpo, run_sft
 
@@ -44,9 +46,12 @@ def train_and_report(kind: str, cfg) -> int:
             summary = run_vlm_sft(cfg)
         elif kind == "sft" and cfg.uses_item_tokens:
             summary = run_item_sft(cfg)
-        elif cfg.uses_item_tokens:
+        elif kind == "dpo" and cfg.adapter and read_item_token_config(cfg.adapter) is not None:
+            summary = run_item_dpo(cfg)
+        elif kind == "dpo" and cfg.uses_item_tokens:
             raise ValueError(
-                "mmrec train dpo does not take --item-tokens yet: DPO on item-token adapters is not built"
+                "mmrec train dpo continues an item-token SFT adapter: pass it as --adapter (the --output-dir of "
+                "`mmrec train sft --item-tokens ...`); its sources and head are read from it"
             )
         else:
             summary = (run_sft if kind == "sft" else run_dpo)(cfg)
@@ -116,7 +121,9 @@ _SFT_HELP = (
 )
 _DPO_HELP = (
     "DPO of a LoRA adapter (S-DPO with several negatives on the fast path, TRL's DPOTrainer otherwise), "
-    "by default continuing --adapter (the SFT adapter), which is also the frozen reference."
+    "by default continuing --adapter (the SFT adapter), which is also the frozen reference. With an item-token "
+    "adapter (mmrec train sft --item-tokens ...), S-DPO runs over its head's candidate scores, with the adapter's "
+    "head, sources, template and layers."
 )
 _ALIGN_HELP = (
     "LLaVA's stage 1 for the image item-token source: each item with an image is shown to the frozen LLM as its "

@@ -100,10 +100,19 @@ class ItemTokens(nn.Module):
             out = rep if out is None else out + rep
         return out
 
-    def embed(self, embedding: nn.Module, input_ids: torch.Tensor, slots: Sequence[Sequence[str]], placeholder: int):
+    def embed(
+        self,
+        embedding: nn.Module,
+        input_ids: torch.Tensor,
+        slots: Sequence[Sequence[str]],
+        placeholder: int,
+        soft: Sequence[bool] | None = None,
+    ):
         """Input embeddings of `input_ids` (B, T) with each placeholder replaced by its item's soft token.
 
-        `slots[b]` lists the item ids of row b's placeholders in order (RenderedPrompt.item_slots).
+        `slots[b]` lists the item ids of row b's placeholders in order (RenderedPrompt.item_slots). Rows with
+        `soft[b]` False get a zero vector at their slots instead: a text-only prompt whose positions (and so its
+        training targets) are those of the hybrid one (LLaRA's curriculum).
         """
         is_slot = input_ids == placeholder
         # The placeholder may lie past the vocabulary (it is never embedded): look up a harmless id instead.
@@ -116,6 +125,9 @@ class ItemTokens(nn.Module):
         if not flat:
             return embeds
         reps = self.item_reps(self.indices(flat)).to(embeds.dtype)
+        if soft is not None and not all(soft):
+            keep = [bool(on) for on, items in zip(soft, slots, strict=True) for _ in items]
+            reps = reps * torch.tensor(keep, dtype=reps.dtype, device=reps.device).unsqueeze(-1)
         rows, cols = is_slot.nonzero(as_tuple=True)  # row-major: the slots of each row in order
         return embeds.index_put((rows, cols), reps)
 

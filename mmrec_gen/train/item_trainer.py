@@ -35,8 +35,10 @@ from mmrec_gen.data.split import split_dataset
 from mmrec_gen.models.adapters import write_adapter_metadata
 from mmrec_gen.models.item_tokens import (
     ItemTokens,
+    check_fingerprints,
     decoder_and_head,
     keep_first_layers,
+    read_item_token_config,
     write_item_token_config,
 )
 from mmrec_gen.prompting.labels import label_token_ids
@@ -55,6 +57,7 @@ STATE_FILE = "trainer_state.pt"
 class ItemExample:
     prompt: RenderedPrompt
     targets: list[int]  # items head: catalogue row per slot, then the answer position's; labels head: [answer index]
+    user: str = ""
 
 
 def _windows(sequence: list, length: int, limit: int) -> list[list]:
@@ -83,7 +86,7 @@ def item_head_examples(cfg: TrainConfig, ds, split_result, builder: PromptBuilde
             shown = [i.item_id for i in window[-1 - prompt.n_history_used : -1]] if prompt.n_history_used else []
             nexts = [i.item_id for i in window[len(window) - prompt.n_history_used :]]
             assert prompt.item_slots == shown, "slots must be the shown history"
-            examples.append(ItemExample(prompt, [index[i] for i in nexts] + [index[window[-1].item_id]]))
+            examples.append(ItemExample(prompt, [index[i] for i in nexts] + [index[window[-1].item_id]], user))
     return examples, dropped
 
 
@@ -100,7 +103,7 @@ def label_head_examples(cfg: TrainConfig, ds, split_result, builder: PromptBuild
             dropped += 1
             logger.warning("training example of user %s dropped: %s", ex.user_id, exc)
             continue
-        examples.append(ItemExample(prompt, [ex.target_index]))
+        examples.append(ItemExample(prompt, [ex.target_index], ex.user_id))
     return examples, dropped
 
 
@@ -125,36 +128,46 @@ class ItemTokenLM(nn.Module):
             mask[row, : len(p.input_ids)] = 1
         return ids, mask
 
-    def hidden(self, prompts: list[RenderedPrompt]) -> torch.Tensor:
+    def hidden(self, prompts: list[RenderedPrompt], soft: list[bool] | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, H); rows with soft[b] False get no soft tokens at their slots (curriculum)."""
         ids, mask = self.batch(prompts)
         embeds = self.item_tokens.embed(
-            self.llm.get_input_embeddings(), ids, [p.item_slots for p in prompts], self.placeholder
+            self.llm.get_input_embeddings(), ids, [p.item_slots for p in prompts], self.placeholder, soft=soft
         )
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             out = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
         return out.last_hidden_state.float()
 
 
-def item_head_loss(model: ItemTokenLM, examples: list[ItemExample]) -> torch.Tensor:
-    hidden = model.hidden([e.prompt for e in examples])
-    rows, cols, targets = [], [], []
+def prediction_states(model: ItemTokenLM, examples: list[ItemExample], soft=None) -> torch.Tensor:
+    """Hidden states at every prediction position of the examples, in order: each history slot (predicting the
+    next item), then the answer position; (sum of positions, hidden)."""
+    hidden = model.hidden([e.prompt for e in examples], soft)
+    rows, cols = [], []
     for r, ex in enumerate(examples):
         ids = torch.tensor(ex.prompt.input_ids)
         positions = (ids == model.placeholder).nonzero().flatten().tolist() + [len(ex.prompt.input_ids) - 1]
         rows += [r] * len(positions)
         cols += positions
-        targets += ex.targets
-    scores = model.item_tokens.score(hidden[torch.tensor(rows), torch.tensor(cols)])
-    return nn.functional.cross_entropy(scores, torch.tensor(targets))
+    return hidden[torch.tensor(rows), torch.tensor(cols)]
 
 
-def label_head_loss(model: ItemTokenLM, examples: list[ItemExample], label_ids: list[int]) -> torch.Tensor:
-    hidden = model.hidden([e.prompt for e in examples])
+def item_head_loss(model: ItemTokenLM, examples: list[ItemExample], soft=None) -> torch.Tensor:
+    scores = model.item_tokens.score(prediction_states(model, examples, soft))
+    return nn.functional.cross_entropy(scores, torch.tensor([t for e in examples for t in e.targets]))
+
+
+def label_logits(model: ItemTokenLM, examples: list[ItemExample], label_ids: list[int], soft=None) -> torch.Tensor:
+    """(batch, candidates) next-token logits of the candidate letters at each prompt's answer position."""
+    hidden = model.hidden([e.prompt for e in examples], soft)
     last = torch.tensor([len(e.prompt.input_ids) - 1 for e in examples])
     states = hidden[torch.arange(len(examples)), last]
     logits = model.lm_head(states.to(model.lm_head.weight.dtype)).float()
-    n = len(examples[0].prompt.labels)
-    logits = logits[:, torch.tensor(label_ids[:n])]
+    return logits[:, torch.tensor(label_ids[: len(examples[0].prompt.labels)])]
+
+
+def label_head_loss(model: ItemTokenLM, examples: list[ItemExample], label_ids: list[int], soft=None) -> torch.Tensor:
+    logits = label_logits(model, examples, label_ids, soft)
     return nn.functional.cross_entropy(logits, torch.tensor([e.targets[0] for e in examples]))
 
 
@@ -174,43 +187,62 @@ def _save_checkpoint(out: Path, step: int, model: ItemTokenLM, optim, sched, los
             shutil.rmtree(stale)
 
 
-def run_item_sft(cfg: TrainConfig, loaded=None) -> dict:
-    """Train LoRA + projectors + head; write the adapter folder (see module docstring); return the summary."""
-    started, cpu_started = time.time(), _cpu_seconds()
-    resume_from = check_resume(cfg, "sft")
-    sources = cfg.item_token_sources
+@dataclass
+class ItemRun:
+    """What every item-token training run (SFT, DPO) builds before its examples: data, features, model, prompts."""
+
+    ds: object
+    split_result: object
+    features: object
+    loaded: object
+    builder: PromptBuilder
+    index: dict
+
+
+def prepare_run(cfg: TrainConfig, kind: str, loaded=None) -> ItemRun:
     ds = load_dataset(cfg.data, images_dir=cfg.images)
     split_result = split_dataset(ds)
     features = build_item_features(
-        ds, split_result, sources, split=cfg.split, seed=cfg.seed, text_encoder=cfg.text_encoder,
+        ds, split_result, cfg.item_token_sources, split=cfg.split, seed=cfg.seed, text_encoder=cfg.text_encoder,
         max_text_chars=cfg.max_text_chars,
     )  # fmt: skip
     loaded = loaded or load_base(cfg)
     # Written before the layer cut: the adapter records the full base model (num_layers is item-token config).
-    write_adapter_metadata(cfg.output_dir, loaded, kind="sft", template=cfg.template, head=cfg.head)
+    write_adapter_metadata(cfg.output_dir, loaded, kind=kind, template=cfg.template, head=cfg.head)
     builder = PromptBuilder.from_options(loaded.tokenizer, cfg.template, cfg, 1, item_tokens=True)
     index = {item: k for k, item in enumerate(features.item_ids)}
-    if cfg.head == "items":
-        examples, dropped = item_head_examples(cfg, ds, split_result, builder, index)
-        label_ids: list[int] = []
-    else:
-        examples, dropped = label_head_examples(cfg, ds, split_result, builder)
-        label_ids = label_token_ids(loaded.tokenizer, [chr(ord("A") + k) for k in range(cfg.num_candidates)])
-    if not examples:
-        raise ValueError(f"{cfg.data}: no training example (every window was dropped or no user has 2 train items)")
-    logger.info("%d training examples (%d dropped) for the %s head", len(examples), dropped, cfg.head)
+    return ItemRun(ds, split_result, features, loaded, builder, index)
 
-    keep_first_layers(loaded.model, cfg.num_layers)
+
+def build_model(cfg: TrainConfig, run: ItemRun, adapter: str | None = None) -> ItemTokenLM:
+    """The cut base model with LoRA (new, or `adapter`'s weights, trainable) and the item tokens (new, or the
+    adapter's, after checking they were trained on these feature tables)."""
+    keep_first_layers(run.loaded.model, cfg.num_layers)
     torch.manual_seed(derive_seed(cfg.seed, "item-tokens", "init"))
-    hidden_size = loaded.model.get_input_embeddings().weight.shape[1]
-    item_tokens = ItemTokens(features.item_ids, features.tables, hidden_size, has_image=features.has_image)
-    if cfg.projector:  # LLaVA's stage (b): the image projector starts from the aligned one (mmrec train align)
+    hidden_size = run.loaded.model.get_input_embeddings().weight.shape[1]
+    item_tokens = ItemTokens(run.features.item_ids, run.features.tables, hidden_size, has_image=run.features.has_image)
+    if adapter:
+        check_fingerprints(adapter, read_item_token_config(adapter)["fingerprints"], item_tokens)
+        item_tokens.load(adapter)
+    elif cfg.projector:  # LLaVA's stage (b): the image projector starts from the aligned one (mmrec train align)
         from mmrec_gen.train.projector import load_aligned_projector
 
-        load_aligned_projector(item_tokens, cfg.projector, loaded.model)
-    llm = peft_model(cfg, loaded)
-    autocast = loaded.dtype == "float32" and _fast_bf16()
-    model = ItemTokenLM(llm, item_tokens, builder.item_token_id, loaded.tokenizer.pad_token_id, autocast)
+        load_aligned_projector(item_tokens, cfg.projector, run.loaded.model)
+    llm = peft_model(cfg, run.loaded)
+    autocast = run.loaded.dtype == "float32" and _fast_bf16()
+    return ItemTokenLM(llm, item_tokens, run.builder.item_token_id, run.loaded.tokenizer.pad_token_id, autocast)
+
+
+def hybrid_share(cfg: TrainConfig, step: int, steps: int) -> float:
+    """LLaRA's curriculum: the share of prompts whose item slots carry their soft tokens ramps linearly from 0 to 1
+    over the first `curriculum` fraction of the steps (0: every prompt is hybrid from the start)."""
+    ramp = cfg.curriculum * steps
+    return 1.0 if ramp <= 0 else min(1.0, step / ramp)
+
+
+def train_loop(cfg: TrainConfig, model: ItemTokenLM, examples: list, loss_fn, resume_from: str | None, tag: str):
+    """AdamW over the trainable parameters, `loss_fn(model, batch, soft)` per micro-batch (soft: per example,
+    whether its slots carry soft tokens); checkpoints every --save-steps; returns (steps, losses, tokens, loop_s)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
@@ -237,15 +269,17 @@ def run_item_sft(cfg: TrainConfig, loaded=None) -> dict:
     tokens = 0
     loop_start = time.time()
     for step in range(start_step + 1, steps + 1):
-        rng = rng_for(cfg.seed, "item-sft", "step", step)
-        torch.manual_seed(derive_seed(cfg.seed, "item-sft", "dropout", step))
+        rng = rng_for(cfg.seed, tag, "step", step)
+        torch.manual_seed(derive_seed(cfg.seed, tag, "dropout", step))
         chosen = rng.choice(len(examples), size=min(per_step, len(examples)), replace=False)
+        soft = rng.random(len(chosen)) < hybrid_share(cfg, step, steps)
         optim.zero_grad()
         total = 0.0
         for start in range(0, len(chosen), cfg.per_device_train_batch_size):
-            batch = [examples[i] for i in chosen[start : start + cfg.per_device_train_batch_size]]
+            stop = start + cfg.per_device_train_batch_size
+            batch = [examples[i] for i in chosen[start:stop]]
             tokens += sum(len(e.prompt.input_ids) for e in batch)
-            loss = item_head_loss(model, batch) if cfg.head == "items" else label_head_loss(model, batch, label_ids)
+            loss = loss_fn(model, batch, soft[start:stop].tolist())
             (loss * len(batch) / len(chosen)).backward()
             total += loss.item() * len(batch) / len(chosen)
         if cfg.max_grad_norm and cfg.max_grad_norm > 0:
@@ -260,30 +294,63 @@ def run_item_sft(cfg: TrainConfig, loaded=None) -> dict:
         if step % int(cfg.save_steps) == 0 and step < steps:
             _save_checkpoint(out, step, model, optim, sched, losses, cfg.save_total_limit)
     bar.close()
-    loop_s = time.time() - loop_start
+    return steps, losses, tokens, time.time() - loop_start
 
-    llm.save_pretrained(str(out))
-    item_tokens.save(out)
+
+def save_run(cfg: TrainConfig, run: ItemRun, model: ItemTokenLM, kind: str, summary: dict) -> dict:
+    """Write the adapter folder (LoRA, item tokens, their config) and train_summary.json; drop the checkpoints."""
+    out = Path(cfg.output_dir)
+    model.llm.save_pretrained(str(out))
+    model.item_tokens.save(out)
     write_item_token_config(
-        out, head=cfg.head, sources=sources, template=cfg.template, num_layers=cfg.num_layers, split=cfg.split,
-        seed=cfg.seed, text_encoder=cfg.text_encoder, max_history=cfg.max_history, max_model_len=cfg.max_model_len,
-        max_text_chars=cfg.max_text_chars, num_candidates=cfg.num_candidates, items=len(features.item_ids),
-        fingerprints=item_tokens.fingerprints(),
+        out, head=cfg.head, sources=cfg.item_token_sources, template=cfg.template, num_layers=cfg.num_layers,
+        split=cfg.split, seed=cfg.seed, text_encoder=cfg.text_encoder, max_history=cfg.max_history,
+        max_model_len=cfg.max_model_len, max_text_chars=cfg.max_text_chars, num_candidates=cfg.num_candidates,
+        items=len(run.features.item_ids), fingerprints=model.item_tokens.fingerprints(),
     )  # fmt: skip
     for stale in out.glob("checkpoint-*"):
         shutil.rmtree(stale)
-    wall = time.time() - started
-    summary = {
-        "kind": "sft", "path": f"item-tokens/{cfg.head}", "model": loaded.name, "sources": sources,
-        "examples": len(examples), "dropped": dropped, "steps": steps, "windows_per_step": per_step,
-        "first_loss": losses[0] if losses else None, "last_loss": float(np.mean(losses[-10:])) if losses else None,
-        "prompt_tokens_per_s": round(tokens / loop_s, 1) if loop_s else None, "train_loop_s": round(loop_s, 1),
-        "wall_s": round(wall, 1), "cpu_s": round(_cpu_seconds() - cpu_started, 1), "resumed_from": resume_from,
-        "losses": losses,
-    }  # fmt: skip
+    summary = {"kind": kind, "path": f"item-tokens/{cfg.head}", "model": run.loaded.name,
+               "sources": cfg.item_token_sources, **summary}  # fmt: skip
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     logger.info("adapter saved to %s: %s", out, json.dumps({k: v for k, v in summary.items() if k != "losses"}))
     return {k: v for k, v in summary.items() if k != "losses"}
+
+
+def loop_summary(examples: list, dropped: int, steps: int, per_step: int, losses: list, tokens: int, loop_s: float,
+                 started: float, cpu_started: float, resume_from: str | None) -> dict:  # fmt: skip
+    return {
+        "examples": len(examples), "dropped": dropped, "steps": steps, "windows_per_step": per_step,
+        "first_loss": losses[0] if losses else None, "last_loss": float(np.mean(losses[-10:])) if losses else None,
+        "prompt_tokens_per_s": round(tokens / loop_s, 1) if loop_s else None, "train_loop_s": round(loop_s, 1),
+        "wall_s": round(time.time() - started, 1), "cpu_s": round(_cpu_seconds() - cpu_started, 1),
+        "resumed_from": resume_from, "losses": losses,
+    }  # fmt: skip
+
+
+def run_item_sft(cfg: TrainConfig, loaded=None) -> dict:
+    """Train LoRA + projectors + head; write the adapter folder (see module docstring); return the summary."""
+    started, cpu_started = time.time(), _cpu_seconds()
+    resume_from = check_resume(cfg, "sft")
+    run = prepare_run(cfg, "sft", loaded)
+    if cfg.head == "items":
+        examples, dropped = item_head_examples(cfg, run.ds, run.split_result, run.builder, run.index)
+        loss_fn = item_head_loss
+    else:
+        examples, dropped = label_head_examples(cfg, run.ds, run.split_result, run.builder)
+        label_ids = label_token_ids(run.loaded.tokenizer, [chr(ord("A") + k) for k in range(cfg.num_candidates)])
+
+        def loss_fn(model, batch, soft):
+            return label_head_loss(model, batch, label_ids, soft)
+
+    if not examples:
+        raise ValueError(f"{cfg.data}: no training example (every window was dropped or no user has 2 train items)")
+    logger.info("%d training examples (%d dropped) for the %s head", len(examples), dropped, cfg.head)
+    model = build_model(cfg, run)
+    steps, losses, tokens, loop_s = train_loop(cfg, model, examples, loss_fn, resume_from, "item-sft")
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    return save_run(cfg, run, model, "sft", loop_summary(
+        examples, dropped, steps, per_step, losses, tokens, loop_s, started, cpu_started, resume_from))  # fmt: skip
 
 
 def _fast_bf16() -> bool:
