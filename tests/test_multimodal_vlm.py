@@ -294,3 +294,54 @@ def test_a_lora_step_changes_only_language_model_adapters(train_projector, mm_da
         _rank_cfg(mm_data, llava_dir, tmp_path, "score", adapter=str(out)), loaded_model=load_model(llava_dir)
     )
     assert all(r["valid"] for r in rows)
+
+
+# ------------------------------------------------------------------------------------------------ LLaVA-NeXT
+def test_an_anyres_model_gets_each_images_own_token_count(mm_data, tmp_path):
+    """LLaVA-NeXT expands an image into a count that depends on its aspect ratio: each block is as long as the
+    processor makes that image, the budget counts the largest, and the model ranks (score mode, batch = alone)."""
+    from PIL import Image
+
+    from mmrec_gen.models.registry import load_model
+    from mmrec_gen.models.tiny import save_tiny_llava_next
+    from mmrec_gen.prompting.image_blocks import image_token_count
+    from mmrec_gen.rank.hf_backend import HFBackend
+    from mmrec_gen.rank.pipeline import run_rank
+
+    folder = save_tiny_llava_next(tmp_path / "next")
+    loaded = load_model(folder)
+    processor = loaded.tokenizer
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    wide, tall = tmp_path / "wide.png", tmp_path / "tall.png"
+    Image.new("RGB", (64, 30), (200, 10, 10)).save(wide)
+    Image.new("RGB", (30, 64), (10, 10, 200)).save(tall)
+
+    def alone(path) -> int:
+        out = processor(text=["<image>"], images=[[Image.open(path).convert("RGB")]], add_special_tokens=False)
+        return out["input_ids"][0].count(image_id) if isinstance(out["input_ids"][0], list) else 0
+
+    counts = {p: alone(p) for p in (wide, tall)}
+    assert counts[wide] != counts[tall]
+    assert image_token_count(processor) >= max(counts.values())
+    items = [Item("w", "Wide", image=str(wide)), Item("t", "Tall", image=str(tall)), Item("n", "No image")]
+    builder = PromptBuilder(processor, "rank_listwise_images", use_images=True, image_token_count=60)
+    prompt = builder.rank("u1", [], items)
+    ids = HFBackend(loaded, progress=False)._image_inputs([prompt])["input_ids"][0].tolist()
+    runs, k = [], 0
+    while k < len(ids):
+        start = k
+        while k < len(ids) and ids[k] == image_id:
+            k += 1
+        if k > start:
+            runs.append(k - start)
+        k += 1 if k == start else 0
+    assert runs == [counts[wide], counts[tall]]
+    batched = run_rank(
+        _rank_cfg(mm_data, folder, tmp_path / "a", "score", batch_size=4, max_images=3), loaded_model=loaded
+    )
+    single = run_rank(
+        _rank_cfg(mm_data, folder, tmp_path / "b", "score", batch_size=1, max_images=3), loaded_model=loaded
+    )
+    assert all(r["valid"] for r in batched)
+    for a, b in zip(batched, single, strict=True):  # fp32 noise only: the vision tower batches tiles differently
+        torch.testing.assert_close(torch.tensor(a["scores"]), torch.tensor(b["scores"]), atol=5e-4, rtol=1e-3)

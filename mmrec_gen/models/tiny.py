@@ -151,3 +151,48 @@ def save_tiny_llava(folder) -> str:
     build_tiny_llava(processor).save_pretrained(str(folder))
     processor.save_pretrained(str(folder))
     return str(folder)
+
+
+TINY_GRID_PINPOINTS = [[32, 32], [32, 64], [64, 32]]
+
+
+def save_tiny_llava_next(folder) -> str:
+    """A tiny random LlavaNextForConditionalGeneration ("anyres": an image becomes a base view plus tiles picked by
+    its aspect ratio, so the token count differs per image) and its processor, written to `folder`."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tokenizer = build_tiny_llava_processor().tokenizer
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        image_grid_pinpoints=TINY_GRID_PINPOINTS,
+    )  # fmt: skip
+    processor = LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=TINY_PATCH_SIZE,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=MM_CHATML_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+    )  # fmt: skip
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=TINY_IMAGE_SIZE,
+        patch_size=TINY_PATCH_SIZE, projection_dim=32,
+    )  # fmt: skip
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None, tie_word_embeddings=True,
+    )  # fmt: skip
+    config = LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="default", vision_feature_layer=-1, image_grid_pinpoints=TINY_GRID_PINPOINTS,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlavaNextForConditionalGeneration(config).eval().save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return str(folder)

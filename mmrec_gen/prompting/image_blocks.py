@@ -26,24 +26,30 @@ def is_multimodal(chat) -> bool:
     return getattr(chat, "image_processor", None) is not None and getattr(chat, "tokenizer", None) is not None
 
 
-def image_token_count(processor, size: tuple[int, int] = (224, 224)) -> int:
-    """Tokens one image of `size` (height, width) becomes after the processor expands its placeholder.
+# (height, width) probes: square, wide and tall, as large as common processors' base resolution.
+PROBE_SIZES = ((336, 336), (336, 672), (672, 336))
 
-    Processors with a fixed grid (LLaVA: (336 / 14)^2 = 576) give the same number for every size; for dynamic
-    resolution (Qwen2-VL) it is the count at `size`. Measured by running the processor on a blank image, so no
-    per-model formula is hard-coded here.
+
+def image_token_count(processor, sizes: tuple[tuple[int, int], ...] = PROBE_SIZES) -> int:
+    """Tokens one image becomes after the processor expands its placeholder: the most over blank images of `sizes`
+    (height, width), so the budget is an upper bound for a processor whose count depends on the image.
+
+    Fixed-grid processors (LLaVA-1.5: (336 / 14)^2 = 576) give one number for every size; "anyres" ones
+    (LLaVA-NeXT) depend on the aspect ratio, and dynamic-resolution ones (Qwen2-VL) on the size. Measured by running
+    the processor, so no per-model formula is hard-coded here.
     """
     from PIL import Image
 
     token = getattr(processor, "image_token", None)
     if token is None:
         raise ValueError(f"{type(processor).__name__} has no image_token: not a processor mmrec-gen can feed images")
-    tokenizer = processor.tokenizer
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    blank = Image.new("RGB", (size[1], size[0]))
-    ids = processor(text=[token], images=[[blank]], add_special_tokens=False)["input_ids"][0]
-    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    return sum(1 for i in ids if i == token_id)
+    token_id = processor.tokenizer.convert_tokens_to_ids(token)
+    counts = []
+    for height, width in sizes:
+        ids = processor(text=[token], images=[[Image.new("RGB", (width, height))]], add_special_tokens=False)
+        ids = ids["input_ids"][0]
+        counts.append(sum(1 for i in (ids.tolist() if hasattr(ids, "tolist") else ids) if i == token_id))
+    return max(counts)
 
 
 @dataclass(frozen=True)
