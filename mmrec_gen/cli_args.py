@@ -105,6 +105,10 @@ def make_parser(config_cls, prog: str, description: str):
             return cfg
 
     parser = ConfigParser(config_cls, prog=prog, description=description, allow_abbrev=False)
+    for action in parser._actions:  # e.g. --num-candidates all: a field typed int that also takes a word
+        parse = getattr(config_cls, "argparse_types", {}).get(action.dest)
+        if parse is not None:
+            action.type = parse
     parser.add_argument("--config", help="YAML file of options; flags given on the command line override it.")
     return parser
 

@@ -191,6 +191,23 @@ def load_candidate_file(path: str | Path) -> CandidateFile:
     )  # fmt: skip
 
 
+def all_item_candidates(ds: Dataset, split_result: SplitResult, split: str, seed: int) -> CandidateFile:
+    """`--num-candidates all`: per user, the held-out item and every catalogue item the user never interacted with
+    (the negatives' universe of the sampled protocol, taken whole), in item-id order. Built in memory, not written:
+    the rows are the catalogue minus each history, so a hash of the catalogue and the split names them."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    universe = sorted(ds.items, key=id_sort_key)
+    rows = []
+    for user_id, user in split_result.users.items():
+        _, target = user.history_and_target(split)
+        seen = set(user.all_item_ids) - {target.item_id}
+        rows.append(CandidateRow(user_id, tuple(i for i in universe if i not in seen), target.item_id))
+    digest = hashlib.sha256("\n".join([ds.name, split, *universe]).encode("utf-8")).hexdigest()
+    name = f"all-items-{_safe_name(ds.name)}-{split}-{digest[:12]}"
+    return CandidateFile(name, digest, ds.name, split, seed, 0, rows)
+
+
 def get_or_create_candidates(
     ds: Dataset, split_result: SplitResult, split: str, seed: int, num_candidates: int, cache_dir: str | Path
 ) -> CandidateFile:

@@ -10,10 +10,23 @@ its checks and then calls the next one in the MRO, so a combined config runs eve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from mmrec_gen.data.images import DEFAULT_MAX_IMAGE_PIXELS, check_policy
 
 SPLITS = ("valid", "test")
+# `--num-candidates all`: every catalogue item the user has not interacted with, plus the held-out one.
+ALL_CANDIDATES = 0
+
+
+def parse_num_candidates(value: str) -> int:
+    """argparse type of --num-candidates: a count, or `all` (ALL_CANDIDATES)."""
+    if str(value).strip().lower() == "all":
+        return ALL_CANDIDATES
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--num-candidates takes a number or all, got {value!r}") from None
 
 
 @dataclass(kw_only=True)
@@ -49,13 +62,30 @@ class DataArguments(Arguments):
         default=DEFAULT_MAX_IMAGE_PIXELS,
         metadata={"help": "Refuse images with more pixels (decompression bombs), before decoding them."},
     )
-    num_candidates: int = field(default=20, metadata={"help": "Candidates per user (target + negatives)."})
+    num_candidates: int = field(
+        default=20,
+        metadata={
+            "help": "Candidates per user (target + negatives); `all` (mmrec rank with an item-head adapter): every "
+            "item the user has not interacted with, i.e. the whole catalogue."
+        },
+    )
     max_users: int | None = field(default=None, metadata={"help": "Use only the first N users (by user id)."})
     seed: int = field(default=0, metadata={"help": "Global seed; per-user seeds derive from (seed, user id)."})
 
+    # Commands that can rank the whole catalogue set this (the others refuse `--num-candidates all`).
+    ranks_all_items: ClassVar[bool] = False
+    # argparse types that HfArgumentParser cannot derive from the field's type (see cli_args.make_parser).
+    argparse_types: ClassVar[dict] = {"num_candidates": parse_num_candidates}
+
+    @property
+    def all_candidates(self) -> bool:
+        return self.num_candidates == ALL_CANDIDATES
+
     def __post_init__(self):
-        if self.num_candidates < 2:
-            raise ValueError(f"--num-candidates must be >= 2, got {self.num_candidates}")
+        if self.all_candidates and not self.ranks_all_items:
+            raise ValueError("--num-candidates all is for mmrec rank with an item-head adapter; give a number here")
+        if not self.all_candidates and self.num_candidates < 2:
+            raise ValueError(f"--num-candidates must be >= 2 (or all), got {self.num_candidates}")
         check_positive(self, "max_users", "max_image_pixels")
         check_policy(self.on_bad_image)
         super().__post_init__()

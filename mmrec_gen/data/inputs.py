@@ -9,8 +9,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmrec_gen.data.candidates import get_or_create_candidates, load_candidate_file
-from mmrec_gen.data.data_args import EvalDataArguments
+from mmrec_gen.data.candidates import all_item_candidates, get_or_create_candidates, load_candidate_file
+from mmrec_gen.data.data_args import ALL_CANDIDATES, EvalDataArguments
 from mmrec_gen.data.errors import DataFormatError
 from mmrec_gen.data.loaders import load_dataset
 from mmrec_gen.data.paths import candidates_dir
@@ -57,6 +57,8 @@ def prepare_inputs(
             raise ValueError(f"{candidates}: user {unknown[0]} (and {len(unknown) - 1} more) not in {data}")
         if not cand.rows:
             raise DataFormatError(f"{candidates}: no users in this candidate file. Fix: pass a file with rows.")
+    elif num_candidates == ALL_CANDIDATES:
+        cand = all_item_candidates(ds, split_result, split, seed)
     else:
         cand = get_or_create_candidates(
             ds, split_result, split, seed, num_candidates, Path(cache_dir) if cache_dir else candidates_dir()
@@ -75,6 +77,8 @@ def inputs_for(cfg: EvalDataArguments) -> RunInputs:
 
 def run_meta(inputs: RunInputs, *, model: str, mode: str, template: str, shots: int) -> dict:
     cand = inputs.candidate_file
+    # A whole-catalogue run says so: its rows keep only the top of each ranking (data/rows.py catalogue_row).
+    whole = {"candidates": "all"} if cand.num_candidates == ALL_CANDIDATES else {}
     return {
         "dataset": cand.dataset,
         "split": cand.split,
@@ -84,4 +88,5 @@ def run_meta(inputs: RunInputs, *, model: str, mode: str, template: str, shots: 
         "mode": mode,
         "template": template,
         "shots": shots,
+        **whole,
     }

@@ -44,6 +44,23 @@ def rank_by_scores(candidates: Sequence[str], scores: Sequence[float]) -> list[s
     return [candidates[i] for i in order]
 
 
+# A whole-catalogue row (`--num-candidates all`) keeps the top of its ranking and the held-out item's rank: HR@k and
+# NDCG@k for k <= 10 need only the top 10, MRR only the rank, and ~10k ids and scores per user would not fit a file.
+CATALOGUE_TOP = 100
+
+
+def catalogue_row(row: dict[str, Any], keep: int = CATALOGUE_TOP) -> dict[str, Any]:
+    """The row of a whole-catalogue ranking as written: `candidates` and `scores` dropped, `ranking` cut to its
+    first `keep` items, `target_rank` (1-based, among all `catalogue_size` ranked items) added."""
+    if row.get("ranking") is None:  # an error row: nothing to cut
+        return {**row, "candidates": None, "catalogue_size": len(row.get("candidates") or [])}
+    ranking = row["ranking"]
+    return {
+        **row, "candidates": None, "scores": None, "ranking": ranking[:keep], "catalogue_size": len(ranking),
+        "target_rank": ranking.index(row["target"]) + 1 if row.get("target") in ranking else None,
+    }  # fmt: skip
+
+
 @dataclass
 class ResultRow:
     """One user's row; build it with `scored` or `failed` (or the fields themselves), write it with `to_dict`."""

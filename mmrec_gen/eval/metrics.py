@@ -61,6 +61,8 @@ def row_problem(row: dict[str, Any]) -> str | None:
     valid = row.get("valid")
     if valid is not None and not isinstance(valid, bool):
         return f"'valid' must be true or false, got {valid!r}"
+    if "catalogue_size" in row:
+        return _catalogue_row_problem(row, valid)
     candidates = row.get("candidates")
     if candidates is not None and (not isinstance(candidates, list) or not candidates):
         return f"'candidates' must be a non-empty list of item ids, got {str(candidates)[:80]}"
@@ -93,6 +95,27 @@ def row_problem(row: dict[str, Any]) -> str | None:
             f"'ranking' holds {len(ranked)} of the {len(cands)} candidates; a valid row ranks every candidate: "
             "re-run the command, or set 'valid': false to count the row as invalid"
         )
+    return None
+
+
+def _catalogue_row_problem(row: dict[str, Any], valid) -> str | None:
+    """A whole-catalogue row (`--num-candidates all`, data/rows.py catalogue_row): the top of the ranking and the
+    held-out item's rank among `catalogue_size` items must agree."""
+    size = row.get("catalogue_size")
+    if not isinstance(size, int) or size < 1:
+        return f"'catalogue_size' must be a positive number of ranked items, got {size!r}"
+    if row.get("error") is not None or row.get("ranking") is None or not valid:
+        return None
+    ranked = [str(item) for item in row["ranking"]]
+    if len(set(ranked)) != len(ranked) or len(ranked) > size:
+        return f"'ranking' must list distinct items, at most 'catalogue_size' ({size}); re-run the command"
+    rank = row.get("target_rank")
+    if not isinstance(rank, int) or not 1 <= rank <= size:
+        return f"'target_rank' must be the held-out item's rank in 1..{size}, got {rank!r}; re-run the command"
+    target = str(row.get("target"))
+    at = ranked.index(target) + 1 if target in ranked else None
+    if (at is not None and at != rank) or (at is None and rank <= len(ranked)):
+        return f"'target_rank' {rank} does not match the target's place in 'ranking'; re-run the command"
     return None
 
 
@@ -148,6 +171,7 @@ def ranking_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     qrels: dict[str, dict[str, int]] = {}
     run: dict[str, dict[str, float]] = {}
     n_valid = 0
+    beyond_top: dict[str, int] = {}  # whole-catalogue users whose held-out item is below the kept top: its rank
     n_error_records = 0
     nonzero = dict.fromkeys(ERROR_COUNTERS, 0)
     for index, row in enumerate(rows):
@@ -164,6 +188,8 @@ def ranking_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not _is_scorable(row):
             continue
         n_valid += 1
+        if "catalogue_size" in row and str(row["target"]) not in [str(i) for i in row["ranking"]]:
+            beyond_top[uid] = row["target_rank"]
         ranking = [str(item) for item in row["ranking"]]
         qrels[uid] = {str(row["target"]): 1}
         run[uid] = {item: float(len(ranking) - pos) for pos, item in enumerate(ranking)}
@@ -172,7 +198,12 @@ def ranking_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if run:
         key_of = {measure: key for key, measure in _MEASURES.items()}
         for metric in ir_measures.iter_calc(list(_MEASURES.values()), qrels, run):
-            sums[key_of[metric.measure]] += float(metric.value)
+            key = key_of[metric.measure]
+            if key == "mrr" and metric.query_id in beyond_top:
+                continue  # added below from the row's target_rank
+            sums[key] += float(metric.value)
+    # A whole-catalogue row keeps only the top of its ranking: a held-out item below it still has its reciprocal rank.
+    sums["mrr"] += sum(1.0 / rank for rank in beyond_top.values())
 
     result: dict[str, Any] = {key: total / n_users for key, total in sums.items()}
     result.update(

@@ -30,9 +30,10 @@ class PromptArguments(Arguments):
     )
 
     def __post_init__(self):
-        # Every prompt labels its candidates with one letter each.
+        # Every prompt that shows its candidates labels them with one letter each (`all`, 0: the item head's
+        # whole-catalogue ranking, which shows none; data_args checks where it is allowed).
         num_candidates = getattr(self, "num_candidates", None)
-        if num_candidates is not None and not 2 <= num_candidates <= MAX_LABELS:
+        if num_candidates not in (None, 0) and not 2 <= num_candidates <= MAX_LABELS:
             raise ValueError(f"--num-candidates must be between 2 and 26 (labels A-Z), got {num_candidates}")
         from mmrec_gen.prompting.image_blocks import ImageSelection
 

@@ -207,13 +207,16 @@ class PromptBuilder:
             )
         if demos and not uses_demos:
             raise ValueError(f"template {self.spec.id!r} does not use demos; use rank_fewshot for few-shot prompts")
-        labels = candidate_labels(len(candidates))
-        history, candidates = self._shown_images(history, candidates)
+        # An item-head template (output_format items) never shows candidates: the head scores any number of them,
+        # up to the whole catalogue, so they get no letters and are not rendered (only their ids are kept).
+        shown = [] if self.spec.output_format == "items" else candidates
+        labels = candidate_labels(len(shown))
+        history, shown = self._shown_images(history, shown)
 
         def fixed(markers: ImageMarkers | None) -> dict[str, Any]:
             ctx: dict[str, Any] = {
-                "candidates": self.context.candidates(candidates, labels, user_id, markers),
-                "num_candidates": len(candidates),
+                "candidates": self.context.candidates(shown, labels, user_id, markers),
+                "num_candidates": len(shown),
             }
             if uses_demos:
                 ctx["demos"] = [

@@ -199,6 +199,12 @@ class HFBackend:
 
         def run(batch: list[RenderedPrompt]) -> list:
             states = decoder(**self._inputs(batch), use_cache=False).last_hidden_state[:, -1, :]
+            n_items = len(self.item_tokens.item_ids)
+            if sum(len(p.candidate_ids) for p in batch) > n_items // 4:  # e.g. --num-candidates all
+                # Project the whole catalogue once per batch instead of each user's candidates one by one.
+                every = self.item_tokens.score(states)
+                return [every[row, self.item_tokens.indices(p.candidate_ids)].float().cpu().tolist()
+                        for row, p in enumerate(batch)]  # fmt: skip
             out = []
             for row, p in enumerate(batch):
                 index = self.item_tokens.indices(p.candidate_ids)

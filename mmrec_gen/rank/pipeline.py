@@ -74,6 +74,12 @@ def plan_rank(cfg: RankConfig) -> RankPlan:
         if cfg.mode != "score" or cfg.shots:
             raise ValueError(f"{cfg.adapter}: an item-token adapter ranks in score mode without shots")
         mode = "items" if item_config["head"] == "items" else "score"
+    if cfg.all_candidates and mode != "items":
+        raise ValueError(
+            "--num-candidates all ranks the whole catalogue with the item head, which scores items without showing "
+            "them: pass an --adapter trained with `mmrec train sft --item-tokens ... --head items` (labels and "
+            "generated answers need the candidates in the prompt, at most 26)"
+        )
     inputs = inputs_for(cfg)
     meta = run_meta(inputs, model=None, mode=cfg.mode, template=cfg.template, shots=cfg.shots)
     if item_config:

@@ -50,6 +50,7 @@ class RunConfig(PromptArguments, ModelArguments, EvalDataArguments):
 
 @dataclass(kw_only=True)
 class RankConfig(RunConfig):
+    ranks_all_items = True  # --num-candidates all (with an item-head adapter; checked when the adapter is read)
     mode: str = field(
         default="score",
         metadata={

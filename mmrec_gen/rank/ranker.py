@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mmrec_gen.data.rows import ERROR_KEYS, ResultRow, rank_by_scores
+from mmrec_gen.data.rows import ERROR_KEYS, ResultRow, catalogue_row, rank_by_scores
 from mmrec_gen.data.schema import Item
 from mmrec_gen.data.seeding import rng_for
 from mmrec_gen.prompting.labels import label_token_ids
@@ -107,7 +107,8 @@ class Ranker:
     # -- rows -------------------------------------------------------------------------------------------
     def _row(self, task: UserTask, **values) -> dict:
         candidates = [c.item_id for c in task.candidates]
-        return ResultRow(task.user_id, candidates, task.target, self.meta, **values).to_dict()
+        row = ResultRow(task.user_id, candidates, task.target, self.meta, **values).to_dict()
+        return catalogue_row(row) if self.meta.get("candidates") == "all" else row
 
     def _error_row(self, task: UserTask, message: str, prompt: RenderedPrompt | None = None) -> dict:
         logger.warning("user %s: %s", task.user_id, message)
