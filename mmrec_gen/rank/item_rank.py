@@ -60,6 +60,7 @@ def load_item_token_model(cfg, config: dict, inputs: RunInputs, loaded: LoadedMo
     features = build_item_features(
         inputs.dataset, inputs.split_result, config["sources"], split=cfg.split, seed=config["seed"],
         text_encoder=config.get("text_encoder", "minilm"), max_text_chars=config.get("max_text_chars", 300),
+        on_bad_image=cfg.on_bad_image, max_image_pixels=cfg.max_image_pixels,
     )  # fmt: skip
     hidden = loaded.model.get_input_embeddings().weight.shape[1]
     module = ItemTokens(features.item_ids, features.tables, hidden, has_image=features.has_image)

@@ -204,7 +204,7 @@ def prepare_run(cfg: TrainConfig, kind: str, loaded=None) -> ItemRun:
     split_result = split_dataset(ds)
     features = build_item_features(
         ds, split_result, cfg.item_token_sources, split=cfg.split, seed=cfg.seed, text_encoder=cfg.text_encoder,
-        max_text_chars=cfg.max_text_chars,
+        max_text_chars=cfg.max_text_chars, on_bad_image=cfg.on_bad_image, max_image_pixels=cfg.max_image_pixels,
     )  # fmt: skip
     loaded = loaded or load_base(cfg)
     # Written before the layer cut: the adapter records the full base model (num_layers is item-token config).
@@ -312,6 +312,8 @@ def save_run(cfg: TrainConfig, run: ItemRun, model: ItemTokenLM, kind: str, summ
         shutil.rmtree(stale)
     summary = {"kind": kind, "path": f"item-tokens/{cfg.head}", "model": run.loaded.name,
                "sources": cfg.item_token_sources, **summary}  # fmt: skip
+    if run.features.image_report is not None:  # every bad image file (the log names the first 3)
+        summary["images"] = run.features.image_report
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     logger.info("adapter saved to %s: %s", out, json.dumps({k: v for k, v in summary.items() if k != "losses"}))
     return {k: v for k, v in summary.items() if k != "losses"}
