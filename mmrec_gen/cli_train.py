@@ -40,10 +40,15 @@ def train_and_report(kind: str, cfg) -> int:
             from mmrec_gen.train.align import run_align
 
             summary = run_align(cfg)
-        elif kind == "sft" and not cfg.uses_item_tokens and _vision_language(cfg.model):
+        elif kind == "sft" and _vision_language(cfg.model):
             from mmrec_gen.train.vlm_trainer import run_vlm_sft
 
-            summary = run_vlm_sft(cfg)
+            summary = run_vlm_sft(cfg)  # refuses --item-tokens: the model reads the images themselves
+        elif kind == "dpo" and _vision_language(cfg.model):
+            raise ValueError(
+                f"mmrec train dpo does not take vision-language models yet ({cfg.model}): its images would not reach "
+                "the model; tune it with mmrec train sft"
+            )
         elif kind == "sft" and cfg.uses_item_tokens:
             summary = run_item_sft(cfg)
         elif kind == "dpo" and cfg.adapter and read_item_token_config(cfg.adapter) is not None:

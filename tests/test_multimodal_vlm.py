@@ -345,3 +345,17 @@ def test_an_anyres_model_gets_each_images_own_token_count(mm_data, tmp_path):
     assert all(r["valid"] for r in batched)
     for a, b in zip(batched, single, strict=True):  # fp32 noise only: the vision tower batches tiles differently
         torch.testing.assert_close(torch.tensor(a["scores"]), torch.tensor(b["scores"]), atol=5e-4, rtol=1e-3)
+
+
+def test_training_commands_route_vision_language_models(mm_data, llava_dir, tmp_path):
+    """`mmrec train sft` picks the vision-language trainer for a VLM folder (item tokens refused there); DPO, which
+    would drop the images, is refused with the way out."""
+    from mmrec_gen.cli_train import train_and_report
+    from mmrec_gen.train.config import DPOTrainConfig
+
+    with pytest.raises(ValueError, match="--item-tokens are for text LLMs"):
+        train_and_report("sft", _train_cfg(mm_data, llava_dir, tmp_path / "a", item_tokens="image", head="items"))
+    dpo = DPOTrainConfig(data=str(mm_data), images=str(mm_data / "images"), model=llava_dir,
+                         output_dir=str(tmp_path / "b"), report_to="none")  # fmt: skip
+    with pytest.raises(ValueError, match="does not take vision-language models"):
+        train_and_report("dpo", dpo)
