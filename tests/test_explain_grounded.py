@@ -157,3 +157,21 @@ def test_a_short_title_counts_when_cited_with_its_year_only():
         "Emma (1996)"
     ]
     assert check_explanation("Emma would love the heat of it.", history, [], {})["cited_history"] == []
+
+
+def test_prose_words_and_quoted_phrases_are_not_titles_but_quoted_titles_are():
+    from mmrec_gen.rank.explain import check_explanation
+    from mmrec_gen.rank.titles import normalize_title
+
+    titles = ["Adaptation (2002)", "Usual Suspects, The (1995)", "Ghostbusters (2016)", "Pocahontas (1995)"]
+    catalogue = {normalize_title(t): t for t in titles}
+    history = ["Pocahontas (1995)", "Usual Suspects, The (1995)"]
+    prose = 'Because you enjoyed Pocahontas (1995), a classic Disney adaptation with a "who-framed-who" twist.'
+    assert check_explanation(prose, history, [], catalogue)["hallucinated_titles"] == []
+    named = "Because you enjoyed Pocahontas (1995), like Adaptation and Ghostbusters."
+    assert check_explanation(named, history, [], catalogue)["hallucinated_titles"] == [
+        "Ghostbusters (2016)", "Adaptation (2002)"
+    ]  # fmt: skip
+    quoted = 'Because of "Usual Suspects, The (1995) (genres: Crime, Mystery)" and "genre: Adventure, Drama".'
+    checks = check_explanation(quoted, history, [], catalogue)
+    assert checks["hallucinated_titles"] == [] and checks["cited_history"] == ["Usual Suspects, The (1995)"]

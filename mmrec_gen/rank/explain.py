@@ -35,6 +35,14 @@ from mmrec_gen.rank.titles import YEAR_SUFFIX, display_title, mentioned_titles, 
 logger = logging.getLogger(__name__)
 
 _QUOTED = re.compile(r"[\"“”«»]([^\"“”«»\n]{3,80})[\"“”«»]")
+# "(genres: Crime, Thriller)" after a title: the prompt's item line, copied.
+_GENRES_NOTE = re.compile(r"\s*\(genres?:[^)]*\)\s*$", re.IGNORECASE)
+
+
+def _capitalized(title: str, text: str) -> bool:
+    """Whether `text` writes the (one-word) `title` capitalized somewhere, as a name."""
+    word = normalize_title(title)
+    return any(m.group(0)[:1].isupper() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE))
 
 
 def check_explanation(
@@ -62,12 +70,23 @@ def check_explanation(
         if norm and norm not in mentioned and YEAR_SUFFIX.search(title):
             if re.search(rf"(?<!\w){re.escape(display_title(title))}", text, re.IGNORECASE):
                 mentioned.append(norm)
+    # A one-word title outside the history and candidates ("Adaptation", "Silence") counts only where the text
+    # capitalizes it as a name: "a classic Disney adaptation" is prose.
+    mentioned = [m for m in mentioned if m in allowed or " " in m or _capitalized(known[m], text)]
     hallucinated = [known[m] for m in mentioned if m not in allowed]
-    # A quoted title that matches nothing we know is a made-up title.
+    # A quoted title: a known one is a mention; one that matches nothing we know is made up, if it reads as a title
+    # (capitalized, not a genre list: "a "who-framed-who" trope" or "genre: Adventure" are not titles).
     for quoted in _QUOTED.findall(text):
-        norm = normalize_title(quoted)
-        if norm and norm not in known and not any(norm in a or a in norm for a in allowed if a):
-            hallucinated.append(quoted.strip())
+        name = _GENRES_NOTE.sub("", quoted).strip()
+        norm = normalize_title(name)
+        if not norm or norm in mentioned:
+            continue
+        if norm in known:
+            mentioned.append(norm)
+            if norm not in allowed:
+                hallucinated.append(known[norm])
+        elif name[:1].isupper() and not any(norm in a or a in norm for a in allowed if a):
+            hallucinated.append(name)
     cited = [known[m] for m in mentioned if m in history_norm]
     return {
         "mentioned_titles": [known[m] for m in mentioned],
