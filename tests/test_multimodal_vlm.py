@@ -107,7 +107,12 @@ def test_image_soft_tokens_land_exactly_at_image_slots(llava, tmp_path):
         else:
             k += 1
     assert runs == [IMAGE_TOKENS] * 3
-    assert inputs["pixel_values"].shape[0] == 3
+    # The pixels are those of the prompt's images, in the order of their blocks.
+    from PIL import Image
+
+    expected = processor.image_processor([Image.open(path).convert("RGB") for path in prompt.images])
+    pixels = torch.as_tensor(expected["pixel_values"]).to(inputs["pixel_values"].dtype)  # the model's dtype
+    torch.testing.assert_close(inputs["pixel_values"], pixels)
 
     captured = {}
     language_model = llava.model.model.language_model
