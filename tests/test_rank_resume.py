@@ -70,3 +70,22 @@ def test_a_changed_config_refuses_to_continue_and_overwrite_starts_over(synth_di
     rows = run_rank(_cfg(synth_dir, tmp_path, whole, max_history=3, overwrite=True), loaded_model=tiny_model)
     assert len(rows) == 11 and [json.loads(line) for line in whole.read_text().splitlines()] == rows
     assert json.loads((tmp_path / "whole.jsonl.run.json").read_text())["config"]["max_history"] == 3
+
+
+def test_a_run_that_fails_before_its_first_row_writes_nothing(synth_dir, tmp_path, tiny_model, whole, monkeypatch):
+    from mmrec_gen.rank import pipeline
+
+    def no_model(*args, **kwargs):
+        raise OSError("the model does not load")
+
+    monkeypatch.setattr(pipeline, "build_ranker", no_model)
+    fresh = tmp_path / "fresh.jsonl"
+    with pytest.raises(OSError):
+        run_rank(_cfg(synth_dir, tmp_path, fresh), loaded_model=tiny_model)
+    assert not fresh.exists() and not (tmp_path / "fresh.jsonl.run.json").exists()
+    # Over a finished file, even with --overwrite, nothing is blanked before a row can replace it.
+    before = whole.read_bytes()
+    sidecar = (tmp_path / "whole.jsonl.run.json").read_bytes()
+    with pytest.raises(OSError):
+        run_rank(_cfg(synth_dir, tmp_path, whole, overwrite=True), loaded_model=tiny_model)
+    assert whole.read_bytes() == before and (tmp_path / "whole.jsonl.run.json").read_bytes() == sidecar

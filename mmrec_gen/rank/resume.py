@@ -61,6 +61,8 @@ class ResumableResults:
         self.fingerprint = as_saved(fingerprint)
         self.chunk, self.overwrite = chunk, overwrite
         self._fh: IO[str] | None = None
+        self._started = False
+        self._keep_bytes: int | None = None  # where the existing file is cut when writing starts (None: new file)
 
     def _write_sidecar(self, complete: bool) -> None:
         state = {"config": self.fingerprint, "complete": complete}
@@ -87,29 +89,40 @@ class ResumableResults:
                     "to start over, or use another --out"
                 )
             done = rows[:keep]
-            os.truncate(self.path, ends[keep - 1] if keep else 0)
+            self._keep_bytes = ends[keep - 1] if keep else 0
             if keep == len(user_ids):
                 logger.info("%s: complete (%d rows) with this config; nothing to rank", self.path, keep)
             else:
                 logger.info("%s: continuing after row %d of %d", self.path, keep, len(user_ids))
         elif self.path.exists():
             logger.info("replacing the existing %s", self.path)
-            self.path.write_bytes(b"")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_sidecar(complete=False)
-        self._fh = self.path.open("a", encoding="utf-8")
+            self._keep_bytes = 0
+        self._started = True
         return done
 
+    def _open(self) -> None:
+        """Touch the files only once there is something to write: a run that fails before its first row (a model
+        that does not load) leaves an existing --out as it was and creates none."""
+        if self._fh is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._keep_bytes is not None and self.path.exists():
+            os.truncate(self.path, self._keep_bytes)
+        self._keep_bytes = None  # cut once: a later reopen (finish after close) appends
+        self._write_sidecar(complete=False)
+        self._fh = self.path.open("a", encoding="utf-8")
+
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
-        assert self._fh is not None, "start() first"
+        assert self._started, "start() first"
+        self._open()
         for row in rows:
             append_result(self._fh, row)
         os.fsync(self._fh.fileno())
 
     def finish(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._open()  # a run with nothing left to rank still seals the file (and drops a cut last line)
+        self._fh.close()
+        self._fh = None
         self._write_sidecar(complete=True)
 
     def close(self) -> None:
