@@ -7,7 +7,7 @@ Per mode (default score, then generate), both backends rank the same users from 
 by default, 20 candidates); each backend first ranks two other users (warm-up: kernels, allocations, vLLM's first
 scheduling), and the timed run covers prompt building, the backend and parsing, as `mmrec rank` does (the model
 load is not timed). prefix_cache_hit_rate = prompt tokens vLLM found in its prefix cache / prompt tokens it looked
-up, over the timed runs. ray_2_over_1 = users/s of `mmrec batch-rank --engine ray --workers 2` over `--workers 1`
+up, over the timed run (the cache is emptied before each mode, so a mode never reuses the previous one's prompts). ray_2_over_1 = users/s of `mmrec batch-rank --engine ray --workers 2` over `--workers 1`
 (HF backend, model loads included, as a job runs them), or null with the reason when Ray is not installed.
 
 With --json the last line is one JSON object: the first mode's figures at the top level (hf_users_per_s,
@@ -99,9 +99,13 @@ def main(args: argparse.Namespace) -> dict:
     vllm = create_backend(
         "vllm", model, batch_size=args.batch_size, progress=False, kv_cache_memory_bytes=int(args.kv_cache_gb * 2**30)
     )
+    import torch
+
+    torch_threads = torch.get_num_threads()
     by_mode = {}
     for mode in args.modes.split(","):
         hf_s, hf_rows = time_backend(hf, model, inputs, tasks, warmup, mode)
+        vllm.reset_prefix_cache()  # the previous mode's prompts (the same users) must not be cache hits here
         queries0, hits0 = vllm.prefix_cache_counts()
         vllm_s, vllm_rows = time_backend(vllm, model, inputs, tasks, warmup, mode)
         queries1, hits1 = vllm.prefix_cache_counts()
@@ -135,6 +139,8 @@ def main(args: argparse.Namespace) -> dict:
         "data": data,
         "num_candidates": args.num_candidates,
         "cpu": f"{cpu} ({'avx512' if 'avx512f' in flags else 'avx2'}), {os.cpu_count()} cores",
+        # Both backends run in this process on the same OpenMP threads (vLLM's CPU worker binds them at start-up).
+        "torch_threads": torch_threads,
     }
 
 

