@@ -186,6 +186,24 @@ def test_the_tiny_llava_ranks_with_images_in_every_mode(mode, mm_data, llava_dir
         assert all(r["valid"] for r in rows)
 
 
+def test_on_bad_image_fail_stops_a_ranking_run_naming_the_file(mm_data, llava_dir, llava, tmp_path):
+    """Under fail a bad poster stops the run (it is not turned into one user's error row); skip ranks on."""
+    import shutil
+
+    from mmrec_gen.data.images import BadImageError
+    from mmrec_gen.rank.pipeline import run_rank
+
+    images = tmp_path / "images"
+    shutil.copytree(mm_data / "images", images)
+    for poster in images.iterdir():
+        poster.write_bytes(b"")  # every poster empty
+    with pytest.raises(BadImageError, match="empty"):
+        run_rank(_rank_cfg(mm_data, llava_dir, tmp_path / "f", "score", images=str(images), on_bad_image="fail"),
+                 loaded_model=llava)  # fmt: skip
+    rows = run_rank(_rank_cfg(mm_data, llava_dir, tmp_path / "s", "score", images=str(images)), loaded_model=llava)
+    assert len(rows) == 4 and all(r["error"] is None and r["valid"] for r in rows)
+
+
 def test_the_images_change_the_scores(mm_data, llava_dir, llava, tmp_path):
     """The same prompts with no image shown (a budget of 0) score differently: the pixels reach the model."""
     from mmrec_gen.rank.pipeline import run_rank

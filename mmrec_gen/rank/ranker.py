@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mmrec_gen.data.images import BadImageError
 from mmrec_gen.data.rows import ERROR_KEYS, ResultRow, catalogue_row, rank_by_scores
 from mmrec_gen.data.schema import Item
 from mmrec_gen.data.seeding import rng_for
@@ -144,6 +145,8 @@ class Ranker:
         for i, task in enumerate(tasks):
             try:
                 built.append((i, self._build(task)))
+            except BadImageError:  # only raised under --on-bad-image fail, which means: stop the run, naming the file
+                raise
             except (ValueError, KeyError) as exc:  # over-long prompt, missing template field: this user only
                 rows[i] = self._error_row(task, f"{type(exc).__name__}: {exc}")
         if self.pointwise:
