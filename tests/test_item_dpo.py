@@ -40,7 +40,10 @@ def _dpo_cfg(synth_dir, adapter, out, **overrides):
 def _weights(folder):
     from safetensors.torch import load_file
 
-    return {**load_file(str(folder / "adapter_model.safetensors")), **load_file(str(folder / "item_tokens.safetensors"))}
+    return {
+        **load_file(str(folder / "adapter_model.safetensors")),
+        **load_file(str(folder / "item_tokens.safetensors")),
+    }
 
 
 @pytest.fixture(scope="module")
