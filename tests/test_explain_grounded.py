@@ -175,3 +175,14 @@ def test_prose_words_and_quoted_phrases_are_not_titles_but_quoted_titles_are():
     quoted = 'Because of "Usual Suspects, The (1995) (genres: Crime, Mystery)" and "genre: Adventure, Drama".'
     checks = check_explanation(quoted, history, [], catalogue)
     assert checks["hallucinated_titles"] == [] and checks["cited_history"] == ["Usual Suspects, The (1995)"]
+
+
+def test_a_title_copied_as_written_is_that_title_not_a_shorter_one_inside_it():
+    from mmrec_gen.rank.explain import check_explanation
+    from mmrec_gen.rank.titles import normalize_title
+
+    titles = ["Silence (2016)", "Silence of the Lambs, The (1991)", "River, The (1984)"]
+    catalogue = {normalize_title(t): t for t in titles}
+    text = "Because you enjoyed Heat (1995), you will probably enjoy Silence of the Lambs, The (1991) too."
+    checks = check_explanation(text, ["Heat (1995)"], ["Silence of the Lambs, The (1991)"], catalogue)
+    assert checks["hallucinated_titles"] == [] and "Silence of the Lambs, The (1991)" in checks["mentioned_titles"]

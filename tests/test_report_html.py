@@ -78,13 +78,12 @@ def test_hit_curve_and_ranks_agree_with_the_evaluated_metrics(report_inputs):
 
 
 def test_highlight_marks_cited_and_hallucinated_titles_and_keeps_the_rest():
-    segs = highlight(
-        "Since you loved The Matrix and Heat, try Zorro.", ["Matrix, The (1999)", "Heat (1995)"], ["Zorro"]
-    )
+    text = "Since you loved The Matrix (1999) and Heat, try Zorro."
+    segs = highlight(text, ["Matrix, The (1999)", "Heat (1995)"], ["Zorro"])
     assert [(s["text"], s["kind"]) for s in segs if s["kind"]] == [
-        ("The Matrix", "cited"), ("Heat", "cited"), ("Zorro", "hallucinated")
+        ("The Matrix (1999)", "cited"), ("Heat", "cited"), ("Zorro", "hallucinated")
     ]  # fmt: skip
-    assert "".join(s["text"] for s in segs) == "Since you loved The Matrix and Heat, try Zorro."
+    assert "".join(s["text"] for s in segs) == text
     assert highlight("Heatwave", ["Heat (1995)"]) == [{"text": "Heatwave", "kind": ""}]  # whole words only
 
 

@@ -33,7 +33,7 @@ from mmrec_gen.data.files import atomic_write
 from mmrec_gen.data.results import read_results
 from mmrec_gen.eval.explain_metrics import evaluate_explanation_file
 from mmrec_gen.eval.report import evaluate_file, protocol_line
-from mmrec_gen.rank.titles import front_article, strip_year
+from mmrec_gen.rank.titles import display_title, front_article, strip_year
 
 logger = logging.getLogger(__name__)
 
@@ -189,12 +189,12 @@ class Thumbnails:
 def highlight(text: str, cited: Sequence[str], hallucinated: Sequence[str] = ()) -> list[dict[str, str]]:
     """`text` as segments {"text", "kind"} (kind: "", "cited" or "hallucinated") for the template to escape and mark.
 
-    A title is found as written, without its year, or with a trailing article moved to the front ("Matrix, The
-    (1999)" -> "The Matrix"), case-insensitively; longer forms first."""
+    A title is found as written, as a sentence names it ("Matrix, The (1999)" -> "The Matrix (1999)"), or either
+    without its year, case-insensitively; longer forms first."""
     forms: list[tuple[str, str]] = []
     for kind, titles in (("cited", cited), ("hallucinated", hallucinated)):
         for title in titles:
-            for form in {title, strip_year(title), front_article(strip_year(title)), front_article(title)}:
+            for form in {title, display_title(title), strip_year(title), front_article(strip_year(title))}:
                 if len(form) >= 3:
                     forms.append((form, kind))
     if not forms:

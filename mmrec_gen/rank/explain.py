@@ -30,7 +30,7 @@ from mmrec_gen.prompting.render import PromptBuilder
 from mmrec_gen.prompting.sanitize import neutralize
 from mmrec_gen.rank.backend import BackendError, ForcedChoice, RankBackend
 from mmrec_gen.rank.ranker import UserTask
-from mmrec_gen.rank.titles import YEAR_SUFFIX, display_title, mentioned_titles, normalize_title
+from mmrec_gen.rank.titles import YEAR_SUFFIX, as_written_title, display_title, mentioned_titles, normalize_title
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,14 @@ def check_explanation(
     words = {normalize_title(v) for v in field_values}
     known = {norm: title for norm, title in catalogue.items() if norm not in words}
     known.update({normalize_title(t): t for t in [*candidates, *history]})
-    mentioned = mentioned_titles(text, known)
+    # A title copied as written ("Silence of the Lambs, The (1991)") is found too, as the same title.
+    alias = {}
+    for norm, title in known.items():
+        plain = as_written_title(title)
+        if plain and plain not in known:
+            alias[plain] = norm
+    found = mentioned_titles(text, {**known, **{a: known[n] for a, n in alias.items()}})
+    mentioned = list(dict.fromkeys(alias.get(m, m) for m in found))
     # A short title ("Emma") is too common a word to look for alone, but cited with its year ("Emma (1996)", the
     # form a grounded explanation cites) it is a mention.
     for title in [*history, *candidates]:

@@ -25,6 +25,13 @@ def normalize_title(title: str) -> str:
     return _NON_WORD.sub(" ", text.lower()).strip()
 
 
+def as_written_title(title: str) -> str:
+    """'Silence of the Lambs, The (1991)' -> 'silence of the lambs the': normalize_title without moving the article,
+    the form a text that copies a MovieLens title as written holds."""
+    text = strip_year(unicodedata.normalize("NFKC", title).strip())
+    return _NON_WORD.sub(" ", text.lower()).strip()
+
+
 def mentioned_titles(text: str, titles: dict[str, str], min_chars: int = 5) -> list[str]:
     """Keys of `titles` (normalised title -> display title) whose normalised title occurs in text as whole words.
 
