@@ -29,11 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from mmrec_gen.data.loaders import load_dataset
 from mmrec_gen.data.schema import Item
-from mmrec_gen.data.seeding import derive_seed, rng_for
+from mmrec_gen.data.seeding import derive_seed
 from mmrec_gen.models.adapters import base_fingerprint
 from mmrec_gen.models.item_tokens import ItemTokens, decoder_and_head
 from mmrec_gen.prompting.render import PromptBuilder, PromptTooLongError, RenderedPrompt
@@ -134,6 +133,12 @@ class CaptionLM(nn.Module):
         self.autocast = autocast
         self.decoder, self.lm_head = decoder_and_head(llm)
 
+    def train(self, mode: bool = True):
+        """The LLM stays in eval mode (frozen: no dropout) while the projector trains."""
+        super().train(mode)
+        self.llm.eval()
+        return self
+
     def loss(self, examples: list[AlignExample]) -> torch.Tensor:
         rows = [e.prompt.input_ids + e.answer for e in examples]
         width = max(map(len, rows))
@@ -161,9 +166,7 @@ class CaptionLM(nn.Module):
 
 def run_align(cfg: AlignConfig, loaded=None) -> dict:
     """Align the image projector (see the module docstring); return the summary written to train_summary.json."""
-    from transformers import get_scheduler
-
-    from mmrec_gen.train.item_trainer import STATE_FILE, _fast_bf16, _save_checkpoint
+    from mmrec_gen.train.item_trainer import _fast_bf16, train_loop
     from mmrec_gen.train.trainers import SUMMARY_FILE, _cpu_seconds, check_resume, load_base
 
     started, cpu_started = time.time(), _cpu_seconds()
@@ -196,49 +199,10 @@ def run_align(cfg: AlignConfig, loaded=None) -> dict:
         p.requires_grad_(name.startswith(PREFIX))  # the head and the no-image vector are stage (b)'s
     autocast = loaded.dtype == "float32" and _fast_bf16()
     model = CaptionLM(loaded.model, item_tokens, builder.item_token_id, tokenizer.pad_token_id, autocast)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-    steps = cfg.max_steps if cfg.max_steps > 0 else max(1, int(cfg.num_train_epochs * len(examples) / per_step))
-    warmup = int(cfg.warmup_steps * steps) if cfg.warmup_steps < 1 else int(cfg.warmup_steps)
-    sched = get_scheduler(cfg.lr_scheduler_type, optim, num_warmup_steps=warmup, num_training_steps=steps)
+    steps, losses, _, loop_s = train_loop(
+        cfg, model, examples, lambda m, batch, soft: m.loss(batch), resume_from, "align"
+    )
     out = Path(cfg.output_dir)
-    start_step, losses = 0, []
-    if resume_from:
-        state = torch.load(Path(resume_from) / STATE_FILE, weights_only=False)
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                named[name].copy_(value)
-        optim.load_state_dict(state["optim"])
-        sched.load_state_dict(state["sched"])
-        start_step, losses = state["step"], state["losses"]
-        logger.info("resumed at step %d from %s", start_step, resume_from)
-
-    model.llm.eval()  # frozen: no dropout in the LLM
-    bar = tqdm(total=steps, initial=start_step, desc="align", unit="step", disable=not cfg.progress)
-    loop_start = time.time()
-    for step in range(start_step + 1, steps + 1):
-        rng = rng_for(cfg.seed, "align", "step", step)
-        chosen = rng.choice(len(examples), size=min(per_step, len(examples)), replace=False)
-        optim.zero_grad()
-        total = 0.0
-        for start in range(0, len(chosen), cfg.per_device_train_batch_size):
-            batch = [examples[i] for i in chosen[start : start + cfg.per_device_train_batch_size]]
-            loss = model.loss(batch)
-            (loss * len(batch) / len(chosen)).backward()
-            total += loss.item() * len(batch) / len(chosen)
-        if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optim.step()
-        sched.step()
-        losses.append(round(total, 5))
-        bar.update(1)
-        if step % int(cfg.logging_steps) == 0 or step == steps:
-            logger.info("align step %d/%d caption loss %.4f", step, steps, total)
-        if step % int(cfg.save_steps) == 0 and step < steps:
-            _save_checkpoint(out, step, model, optim, sched, losses, cfg.save_total_limit)
-    bar.close()
 
     from safetensors.torch import save_file
 
@@ -252,10 +216,9 @@ def run_align(cfg: AlignConfig, loaded=None) -> dict:
     (out / ALIGN_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for stale in out.glob("checkpoint-*"):
         shutil.rmtree(stale)
-    loop_s = time.time() - loop_start
     summary = {
         "kind": "align", "model": loaded.name, "examples": len(examples),
-        "items_without_image": int((~has_image).sum()), "steps": steps, "items_per_step": per_step,
+        "items_without_image": int((~has_image).sum()), "steps": steps, "items_per_step": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
         "first_loss": losses[0] if losses else None, "last_loss": float(np.mean(losses[-10:])) if losses else None,
         "train_loop_s": round(loop_s, 1), "wall_s": round(time.time() - started, 1),
         "cpu_s": round(_cpu_seconds() - cpu_started, 1), "resumed_from": resume_from, "losses": losses,
