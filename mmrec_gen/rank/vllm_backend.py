@@ -7,7 +7,7 @@ What each primitive returns, next to the transformers backend:
   log-partition), so every ranking, every tie and every value the ranker derives from them (per-order label
   log-probabilities with --permutations, pointwise Yes-No log-odds) is the same; only the raw `scores` of a
   one-order score-mode row are shifted by that constant. (vLLM can return raw logits with
-  `logprobs_mode="raw_logits"`, but that setting is engine-wide and would turn the prompt log-probabilities that
+  `logprobs_mode="raw_logits"`, but that setting is engine-wide and would turn the log-probabilities that
   explanations score options with into logits too.)
 - `generate`: greedy decoding; the text is decoded from the token ids with the prompt layer's tokenizer exactly as
   the transformers backend decodes it, and parsed by the same parser (rank/parsing.py, in the ranker).
@@ -15,7 +15,7 @@ What each primitive returns, next to the transformers backend:
   unused label, ...), the same rule as HF's `prefix_allowed_tokens_fn`. A permutation is not a regular language of
   useful size (a regex/grammar for "each of 20 labels once" is exponential), so vLLM's structured outputs
   (`StructuredOutputsParams`) do not fit; its logits-processor interface does.
-- `choose_then_generate` (grounded explanations): options scored by the mean prompt log-probability of their tokens
+- `choose_then_generate` (grounded explanations): options scored by the mean log-probability of their tokens
   (`logprob_token_ids` after each prefix), then greedy decoding after lead + option + bridge.
 - `item_scores`: not available (see `item_scores`).
 
