@@ -92,7 +92,6 @@ def sample_evidence():
     return select_evidence([h.item for h in sample_history()], sample_item())
 
 
-
 def render_sample(builder, template_id: str):
     """Render the sample records with a PromptBuilder for `template_id` (its task picks the method)."""
     from mmrec_gen.prompting.templates import get_template
