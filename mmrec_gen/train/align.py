@@ -34,11 +34,12 @@ from mmrec_gen.data.loaders import load_dataset
 from mmrec_gen.data.schema import Item
 from mmrec_gen.data.seeding import derive_seed
 from mmrec_gen.models.adapters import base_fingerprint
-from mmrec_gen.models.item_tokens import ItemTokens, decoder_and_head
+from mmrec_gen.models.item_tokens import ItemTokens
 from mmrec_gen.prompting.render import PromptBuilder, PromptTooLongError, RenderedPrompt
 from mmrec_gen.prompting.sanitize import neutralize, text_tokenizer
 from mmrec_gen.recsys.item_features import build_item_features
 from mmrec_gen.train.config import TrainConfig
+from mmrec_gen.train.item_trainer import ItemTokenLM, _fast_bf16, train_loop
 from mmrec_gen.train.projector import ALIGN_FILE, PREFIX, PROJECTOR_FILE
 
 logger = logging.getLogger(__name__)
@@ -121,17 +122,8 @@ def align_examples(cfg: AlignConfig, ds, item_ids, has_image, builder: PromptBui
     return examples
 
 
-class CaptionLM(nn.Module):
+class CaptionLM(ItemTokenLM):
     """The frozen LLM reading a prompt whose item slot holds the image item token; only the image projector trains."""
-
-    def __init__(self, llm, item_tokens: ItemTokens, placeholder: int, pad_id: int, autocast: bool) -> None:
-        super().__init__()
-        self.llm = llm
-        self.item_tokens = item_tokens
-        self.placeholder = placeholder
-        self.pad_id = pad_id
-        self.autocast = autocast
-        self.decoder, self.lm_head = decoder_and_head(llm)
 
     def train(self, mode: bool = True):
         """The LLM stays in eval mode (frozen: no dropout) while the projector trains."""
@@ -141,17 +133,7 @@ class CaptionLM(nn.Module):
 
     def loss(self, examples: list[AlignExample]) -> torch.Tensor:
         rows = [e.prompt.input_ids + e.answer for e in examples]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):  # right padding: positions start at 0 in every row
-            ids[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = 1
-        embeds = self.item_tokens.embed(
-            self.llm.get_input_embeddings(), ids, [e.prompt.item_slots for e in examples], self.placeholder
-        )
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-            hidden = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        hidden = self.hidden_of(rows, [e.prompt.item_slots for e in examples])
         # Caption token t is predicted at position t - 1: the prompt's last position predicts the first one.
         rows_idx, cols, targets = [], [], []
         for r, e in enumerate(examples):
@@ -166,7 +148,6 @@ class CaptionLM(nn.Module):
 
 def run_align(cfg: AlignConfig, loaded=None) -> dict:
     """Align the image projector (see the module docstring); return the summary written to train_summary.json."""
-    from mmrec_gen.train.item_trainer import _fast_bf16, train_loop
     from mmrec_gen.train.trainers import SUMMARY_FILE, _cpu_seconds, check_resume, load_base
 
     started, cpu_started = time.time(), _cpu_seconds()

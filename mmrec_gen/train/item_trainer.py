@@ -119,24 +119,26 @@ class ItemTokenLM(nn.Module):
         self.autocast = autocast
         self.decoder, self.lm_head = decoder_and_head(llm)
 
-    def batch(self, prompts: list[RenderedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(p.input_ids) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, p in enumerate(prompts):  # right padding: every row's positions start at 0
-            ids[row, : len(p.input_ids)] = torch.tensor(p.input_ids)
-            mask[row, : len(p.input_ids)] = 1
+    def batch(self, id_rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(map(len, id_rows))
+        ids = torch.full((len(id_rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(id_rows), width), dtype=torch.long)
+        for row, tokens in enumerate(id_rows):  # right padding: every row's positions start at 0
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
         return ids, mask
 
-    def hidden(self, prompts: list[RenderedPrompt], soft: list[bool] | None = None) -> torch.Tensor:
-        """Final hidden states (B, T, H); rows with soft[b] False get no soft tokens at their slots (curriculum)."""
-        ids, mask = self.batch(prompts)
-        embeds = self.item_tokens.embed(
-            self.llm.get_input_embeddings(), ids, [p.item_slots for p in prompts], self.placeholder, soft=soft
-        )
+    def hidden_of(self, id_rows: list[list[int]], slots: list[list[str]], soft=None) -> torch.Tensor:
+        """Final hidden states (B, T, H) of token rows whose placeholders hold the items `slots[b]`; rows with
+        soft[b] False get no soft tokens at their slots (curriculum)."""
+        ids, mask = self.batch(id_rows)
+        embeds = self.item_tokens.embed(self.llm.get_input_embeddings(), ids, slots, self.placeholder, soft=soft)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             out = self.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
         return out.last_hidden_state.float()
+
+    def hidden(self, prompts: list[RenderedPrompt], soft: list[bool] | None = None) -> torch.Tensor:
+        return self.hidden_of([p.input_ids for p in prompts], [p.item_slots for p in prompts], soft)
 
 
 def prediction_states(model: ItemTokenLM, examples: list[ItemExample], soft=None) -> torch.Tensor:
