@@ -118,9 +118,29 @@ def test_all_is_refused_where_it_cannot_work(synth_dir, tmp_path, capsys):
     code = main(["rank", "--data", str(synth_dir), "--model", "tiny-llama", "--num-candidates", "all",
                  "--out", str(tmp_path / "z.jsonl")])  # fmt: skip
     assert code != 0 and "--num-candidates all ranks the whole catalogue" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["baseline", "pop", "--data", str(synth_dir), "--num-candidates", "all", "--out", str(tmp_path / "p")])
+    with pytest.raises(SystemExit):  # the MSE head predicts ratings of the candidates: not the whole catalogue
+        main(["baseline", "mse", "--data", str(synth_dir), "--num-candidates", "all", "--out", str(tmp_path / "p")])
     assert "--num-candidates all is for mmrec rank" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["rank", "--data", str(synth_dir), "--num-candidates", "many", "--out", str(tmp_path / "m.jsonl")])
     assert json.dumps("many")[1:-1] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["pop", "sasrec"])
+def test_baselines_rank_the_whole_catalogue_like_their_sampled_lists(synth_dir, tmp_path, method):
+    from mmrec_gen.cli import main
+    from mmrec_gen.data.results import read_results
+
+    sampled, whole = tmp_path / "sampled.jsonl", tmp_path / "all.jsonl"
+    base = ["baseline", method, "--data", str(synth_dir), "--max-users", "6"]
+    if method == "sasrec":
+        base += ["--epochs", "5", "--eval-every", "5"]
+    assert main([*base, "--out", str(sampled)]) == 0
+    assert main([*base, "--num-candidates", "all", "--out", str(whole)]) == 0
+    by_user = {r["user_id"]: r for r in read_results(sampled)}
+    for row in read_results(whole):
+        assert row["candidates"] is None and row["meta"]["candidates"] == "all"
+        assert row["ranking"][row["target_rank"] - 1] == row["target"]
+        small = by_user[row["user_id"]]  # the same model, so the same order on the sampled candidates
+        assert [i for i in row["ranking"] if i in set(small["candidates"])] == small["ranking"]
+    assert main(["evaluate", str(whole), "--json"]) == 0

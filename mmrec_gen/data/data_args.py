@@ -65,8 +65,8 @@ class DataArguments(Arguments):
     num_candidates: int = field(
         default=20,
         metadata={
-            "help": "Candidates per user (target + negatives); `all` (mmrec rank with an item-head adapter): every "
-            "item the user has not interacted with, i.e. the whole catalogue."
+            "help": "Candidates per user (target + negatives); `all` (mmrec rank with an item-head adapter, baseline "
+            "pop / sasrec): every item the user has not interacted with, i.e. the whole catalogue."
         },
     )
     max_users: int | None = field(default=None, metadata={"help": "Use only the first N users (by user id)."})
@@ -83,7 +83,10 @@ class DataArguments(Arguments):
 
     def __post_init__(self):
         if self.all_candidates and not self.ranks_all_items:
-            raise ValueError("--num-candidates all is for mmrec rank with an item-head adapter; give a number here")
+            raise ValueError(
+                "--num-candidates all is for mmrec rank with an item-head adapter and the pop / sasrec baselines; "
+                "give a number here"
+            )
         if not self.all_candidates and self.num_candidates < 2:
             raise ValueError(f"--num-candidates must be >= 2 (or all), got {self.num_candidates}")
         check_positive(self, "max_users", "max_image_pixels")

@@ -23,7 +23,7 @@ from typing import Any
 from mmrec_gen.data.data_args import EvalDataArguments, check_positive
 from mmrec_gen.data.files import atomic_write, check_output_file
 from mmrec_gen.data.inputs import RunInputs, inputs_for, run_meta
-from mmrec_gen.data.rows import ResultRow, rank_by_scores
+from mmrec_gen.data.rows import ResultRow, catalogue_row, rank_by_scores
 from mmrec_gen.data.schema import CandidateRow, Interaction
 from mmrec_gen.data.split import SplitResult, id_sort_key
 
@@ -41,11 +41,12 @@ class BaselineConfig(EvalDataArguments):
 
 @dataclass(kw_only=True)
 class PopConfig(BaselineConfig):
-    pass
+    ranks_all_items = True  # --num-candidates all: popularity scores any item
 
 
 @dataclass(kw_only=True)
 class SASRecConfig(BaselineConfig):
+    ranks_all_items = True  # --num-candidates all: SASRec scores any item
     hidden: int = field(default=64, metadata={"help": "Embedding / hidden size."})
     num_blocks: int = field(default=2, metadata={"help": "Self-attention blocks."})
     num_heads: int = field(default=1, metadata={"help": "Attention heads."})
@@ -144,9 +145,13 @@ def ranking_from_scores(candidates: Sequence[str], scores: Sequence[float]) -> l
 def result_row(crow: CandidateRow, scores: Sequence[float], n_history: int, meta: dict, **extra) -> dict:
     if len(scores) != len(crow.candidates):
         raise ValueError(f"{len(scores)} scores for {len(crow.candidates)} candidates")
-    return ResultRow.scored(
-        crow.user_id, crow.candidates, crow.target, scores, meta, n_history=n_history, **extra
-    ).to_dict()
+    row = ResultRow.scored(crow.user_id, crow.candidates, crow.target, scores, meta, n_history=n_history, **extra)
+    return _as_written(row.to_dict(), meta)
+
+
+def _as_written(row: dict, meta: dict) -> dict:
+    """A whole-catalogue run (`--num-candidates all`) keeps the top of each ranking (data/rows.py catalogue_row)."""
+    return catalogue_row(row) if meta.get("candidates") == "all" else row
 
 
 def rating_row(crow: CandidateRow, ratings: Sequence[float], n_history: int, meta: dict, true_rating) -> dict:
@@ -156,7 +161,7 @@ def rating_row(crow: CandidateRow, ratings: Sequence[float], n_history: int, met
 
 
 def error_row(crow: CandidateRow, message: str, meta: dict) -> dict:
-    return ResultRow.failed(crow.user_id, crow.candidates, crow.target, message, meta).to_dict()
+    return _as_written(ResultRow.failed(crow.user_id, crow.candidates, crow.target, message, meta).to_dict(), meta)
 
 
 def score_rows(
