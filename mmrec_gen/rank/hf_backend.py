@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from mmrec_gen.prompting.render import RenderedPrompt
-from mmrec_gen.rank.backend import BackendError, ForcedChoice, LabelVocab
+from mmrec_gen.rank.backend import BackendError, ForcedChoice, LabelVocab, pick_options
 
 logger = logging.getLogger(__name__)
 
@@ -324,11 +324,7 @@ class HFBackend:
     ) -> list:
         """The option with the best `option_scores` (the first of tied ones; a single option is not scored), then
         greedy decoding after prompt + lead + option + bridge, up to the first of the choices' `stop` strings."""
-        many = [i for i, c in enumerate(choices) if len(c.options) > 1]
-        picks: list = [0] * len(prompts)
-        scores = self.option_scores([prompts[i] for i in many], [choices[i] for i in many])
-        for i, row in zip(many, scores, strict=True):
-            picks[i] = row if isinstance(row, BackendError) else max(range(len(row)), key=lambda j: (row[j], -j))
+        picks = pick_options(self.option_scores, prompts, choices)
         continued = []
         for p, c, pick in zip(prompts, choices, picks, strict=True):
             forced = [] if isinstance(pick, BackendError) else self._encode(c.lead + c.options[pick] + c.bridge)
