@@ -72,7 +72,8 @@ def test_forced_choice_picks_the_best_mean_log_prob_option_in_batches(tiny_model
     entries = [HistoryEntry(h, 4.0) for h in HISTORY]
     prompts = [builder.explain(f"u{n}", entries[: n + 1], TARGET, select_evidence(HISTORY[: n + 1], TARGET)) for n in range(4)]  # fmt: skip
     options = [(" Star Comedy",), (" Laser Dragons", " Old Space Saga (1999)"), (" A", " Quiet Drama", " Zzz Q"), (" Sad Letters", " Star Comedy")]  # fmt: skip
-    choices = [ForcedChoice("Because you enjoyed", o, ",") for o in options]
+    # One bridge for all options, or one per option (the explain path forces each evidence item's shared values).
+    choices = [ForcedChoice("Because you enjoyed", o, (",",) if n % 2 else tuple(f", b{j}," for j in range(len(o)))) for n, o in enumerate(options)]  # fmt: skip
     backend = HFBackend(loaded, batch_size=3, progress=False)
     out = backend.choose_then_generate(prompts, choices, max_new_tokens=5)
     encode = lambda text: loaded.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -81,8 +82,10 @@ def test_forced_choice_picks_the_best_mean_log_prob_option_in_batches(tiny_model
         expected, means = _reference_pick(loaded.model, prompt.input_ids, choice, encode)
         assert got == pytest.approx(means, abs=1e-5)  # the cached, batched, padded scores equal plain ones (fp32)
         assert pick == (expected if len(choice.options) > 1 else 0), (choice.options, means)
-        # The rest is the greedy continuation of prompt + lead + chosen title + bridge.
-        forced = prompt.input_ids + encode(choice.lead + choice.options[pick] + choice.bridge)
+        # The rest is the greedy continuation of prompt + lead + chosen title + that title's bridge.
+        bridge = choice.bridges[pick] if len(choice.bridges) > 1 else choice.bridges[0]
+        assert choice.forced(pick) == choice.lead + choice.options[pick] + bridge
+        forced = prompt.input_ids + encode(choice.lead + choice.options[pick] + bridge)
         with torch.inference_mode():
             greedy = loaded.model.generate(
                 torch.tensor([forced]), max_new_tokens=5, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id
@@ -105,7 +108,11 @@ def test_explain_rows_cite_an_evidence_title_chosen_by_the_backend(tiny_model_re
     grounded, free = rows
     assert grounded["evidence_ids"] == ["4", "3", "1"]
     assert grounded["cited_title"] in {"Star Comedy", "Laser Dragons", "Old Space Saga"}
-    assert grounded["explanation"].startswith(f"Because you enjoyed {grounded['cited_title']},")
+    # What the cited item shares with the recommendation is forced from data, not generated.
+    shared = {"Star Comedy": "Comedy and Sci-Fi", "Laser Dragons": "Sci-Fi and Adventure"}
+    shared["Old Space Saga"] = "Sci-Fi and Adventure"
+    cited = grounded["cited_title"]
+    assert grounded["explanation"].startswith(f"Because you enjoyed {cited}, which is also {shared[cited]},")
     assert grounded["cited_title"] in grounded["cited_history"] and grounded["cites_history"] is True
     assert grounded["item_genres"] == ["Sci-Fi", "Adventure", "Comedy"]
     assert free["evidence"] == [] and free["cited_title"] is None and free["error"] is None
@@ -186,3 +193,38 @@ def test_a_title_copied_as_written_is_that_title_not_a_shorter_one_inside_it():
     text = "Because you enjoyed Heat (1995), you will probably enjoy Silence of the Lambs, The (1991) too."
     checks = check_explanation(text, ["Heat (1995)"], ["Silence of the Lambs, The (1991)"], catalogue)
     assert checks["hallucinated_titles"] == [] and "Silence of the Lambs, The (1991)" in checks["mentioned_titles"]
+
+
+def test_a_forced_choice_takes_one_bridge_or_one_per_option():
+    one = ForcedChoice("L", (" a", " b"), (",",))
+    each = ForcedChoice("L", (" a", " b"), (", x,", ", y,"))
+    assert [one.forced(0), one.forced(1)] == ["L a,", "L b,"]
+    assert [each.forced(0), each.forced(1)] == ["L a, x,", "L b, y,"]
+    with pytest.raises(ValueError, match="2 bridges for 3 options"):
+        ForcedChoice("L", (" a", " b", " c"), (",", ","))
+
+
+def test_the_training_target_is_the_forced_answer_then_the_tail():
+    from mmrec_gen.prompting.evidence import answer_bridge, answer_lead, answer_reason, answer_shared_clause
+
+    forced = ForcedChoice(
+        answer_lead(), (" Star Comedy",), (answer_bridge() + answer_shared_clause(["Comedy", "Sci-Fi"]),)
+    )
+    target = f"{answer_lead()} Star Comedy{answer_bridge()}{answer_reason('Galaxy Quest', ['Comedy', 'Sci-Fi'])}"
+    # A tuned model continues exactly where `mmrec explain` stops forcing.
+    assert target == forced.forced(0) + " you will probably enjoy Galaxy Quest too."
+    assert answer_shared_clause([]) == "" and answer_reason("Galaxy Quest", []) == " you may enjoy Galaxy Quest next."
+
+
+def test_a_catalogue_title_written_as_prose_is_not_a_mention_but_written_as_a_name_is():
+    from mmrec_gen.rank.explain import check_explanation
+    from mmrec_gen.rank.titles import normalize_title
+
+    catalogue = {normalize_title(t): t for t in ["Superhero Movie (2008)", "One, The (2001)", "Alien (1979)"]}
+    history = ["Big Hero 6 (2014)"]
+    prose = "Because you enjoyed Big Hero 6 (2014), a reference to the iconic superhero movie, the one you enjoyed."
+    assert check_explanation(prose, history, [], catalogue)["hallucinated_titles"] == []
+    named = "Because you enjoyed Big Hero 6 (2014), like Superhero Movie and The One, Action and Alien."
+    assert sorted(check_explanation(named, history, [], catalogue)["hallucinated_titles"]) == [
+        "Alien (1979)", "One, The (2001)", "Superhero Movie (2008)"
+    ]  # fmt: skip

@@ -145,7 +145,7 @@ def test_explanation_choice_agrees_with_hf(backends, fp32, tasks):
     builder = PromptBuilder(fp32.tokenizer, "rank_listwise", max_model_len=2048, max_new_tokens=16)
     prompts = [builder.rank(t.user_id, t.history, t.candidates) for t in users[:2]]
     choices = [
-        ForcedChoice("Because you enjoyed", tuple(f" {h.item.title}" for h in t.history[-3:]), ", you will like it")
+        ForcedChoice("Because you enjoyed", tuple(f" {h.item.title}" for h in t.history[-3:]), (", you will like it",))
         for t in users[:2]
     ]
     hf_out = backends["hf"].choose_then_generate(prompts, choices, 12)

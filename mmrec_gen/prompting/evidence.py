@@ -106,6 +106,12 @@ def answer_bridge() -> str:
     return str(_answer_macros().bridge())
 
 
+def answer_shared_clause(shared: Sequence[str]) -> str:
+    """What a cited evidence item shares with the recommendation (" which is also Comedy and Drama,"; "" when
+    nothing), forced after the bridge by `mmrec explain` and the start of every training target's reason."""
+    return str(_answer_macros().shared_clause(list(shared)))
+
+
 def answer_stop() -> tuple[str, ...]:
     """Where the generated rest of an explanation ends (one sentence)."""
     return tuple(s for s in str(_answer_macros().stop()).split("|") if s)

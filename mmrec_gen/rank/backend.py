@@ -31,12 +31,22 @@ class LabelVocab:
 @dataclass(frozen=True)
 class ForcedChoice:
     """An answer that starts with `lead`, continues with exactly one of `options` (the backend picks it: a choice
-    over their exact token sequences), then `bridge`, then free text (grounded explanations, rank/explain.py)."""
+    over their exact token sequences), then that option's bridge, then free text (grounded explanations,
+    rank/explain.py). `bridges` holds one text per option, or one text for all of them."""
 
     lead: str
     options: tuple[str, ...]
-    bridge: str
+    bridges: tuple[str, ...]
     stop: tuple[str, ...] = ()  # the free text ends with the first of these (e.g. "." for one sentence)
+
+    def __post_init__(self) -> None:
+        if len(self.bridges) not in (1, len(self.options)):
+            raise ValueError(f"{len(self.bridges)} bridges for {len(self.options)} options: give one, or one each")
+
+    def forced(self, pick: int) -> str:
+        """The text before the free part when option `pick` is chosen: lead + option + its bridge."""
+        bridge = self.bridges[pick] if len(self.bridges) > 1 else self.bridges[0]
+        return self.lead + self.options[pick] + bridge
 
 
 class BackendError(RuntimeError):
@@ -62,8 +72,8 @@ class RankBackend(Protocol):
     def choose_then_generate(
         self, prompts: Sequence[RenderedPrompt], choices: Sequence[ForcedChoice], max_new_tokens: int
     ) -> list:
-        """Per prompt and its choice: (index of the option chosen, the greedy continuation after lead + option +
-        bridge up to and including the first `stop` string, as text), or a BackendError. Each option is scored by
+        """Per prompt and its choice: (index of the option chosen, the greedy continuation after
+        `choice.forced(index)` up to and including the first `stop` string, as text), or a BackendError. Each option is scored by
         the mean log-probability of its tokens after the prompt and `lead` (the tokens all options share are the
         lead's); ties go to the first option."""
 

@@ -3,7 +3,8 @@
 Grounding (default): the history items most related to the recommended item (prompting/evidence.py) are listed in
 the prompt as evidence; the answer is forced to start with the scaffold's lead ("Because you enjoyed"), the cited
 title is chosen among the evidence items' exact titles by the backend (`choose_then_generate`: the best mean token
-log-probability), and the model writes the rest. Without history (or with `grounded=False`) the model writes the
+log-probability), what that item shares with the recommendation is forced from data (", which is also Comedy and
+Drama,"), and the model writes the rest. Without history (or with `grounded=False`) the model writes the
 whole explanation freely.
 
 Checks: `hallucinated_titles` are catalogue titles, or quoted titles, the text mentions that are neither in the
@@ -22,6 +23,7 @@ from mmrec_gen.prompting.evidence import (
     Evidence,
     answer_bridge,
     answer_lead,
+    answer_shared_clause,
     answer_stop,
     field_values,
     select_evidence,
@@ -39,10 +41,25 @@ _QUOTED = re.compile(r"[\"“”«»]([^\"“”«»\n]{3,80})[\"“”«»]")
 _GENRES_NOTE = re.compile(r"\s*\(genres?:[^)]*\)\s*$", re.IGNORECASE)
 
 
+_ARTICLE = re.compile(r"(?:the|a|an)\W+", re.IGNORECASE)
+
+
 def _capitalized(title: str, text: str) -> bool:
-    """Whether `text` writes the (one-word) `title` capitalized somewhere, as a name."""
-    word = normalize_title(title)
-    return any(m.group(0)[:1].isupper() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE))
+    """Whether `text` writes `title` as a name somewhere: its first word after any article capitalized ("the
+    Matrix", "Superhero Movie"), not as prose ("the iconic superhero movie", "the one you enjoyed"). True as well
+    when the title's words cannot be located in the text (the mention stands)."""
+    located = False
+    for form in {normalize_title(title), as_written_title(title)}:
+        words = form.split()
+        if not words:
+            continue
+        pattern = r"(?<!\w)" + r"\W+".join(re.escape(w) for w in words) + r"(?!\w)"
+        for match in re.finditer(pattern, text, re.IGNORECASE):
+            located = True
+            name = _ARTICLE.sub("", match.group(0), count=1) if len(words) > 1 else match.group(0)
+            if name[:1].isupper() or not name[:1].isalpha():
+                return True
+    return not located
 
 
 def check_explanation(
@@ -77,9 +94,10 @@ def check_explanation(
         if norm and norm not in mentioned and YEAR_SUFFIX.search(title):
             if re.search(rf"(?<!\w){re.escape(display_title(title))}", text, re.IGNORECASE):
                 mentioned.append(norm)
-    # A one-word title outside the history and candidates ("Adaptation", "Silence") counts only where the text
-    # capitalizes it as a name: "a classic Disney adaptation" is prose.
-    mentioned = [m for m in mentioned if m in allowed or " " in m or _capitalized(known[m], text)]
+    # A title outside the history and candidates counts only where the text writes it as a name (capitalized):
+    # "a classic Disney adaptation" or "a reference to the iconic superhero movie" are prose, not "Adaptation" or
+    # "Superhero Movie (2008)".
+    mentioned = [m for m in mentioned if m in allowed or _capitalized(known[m], text)]
     hallucinated = [known[m] for m in mentioned if m not in allowed]
     # A quoted title: a known one is a mention; one that matches nothing we know is made up, if it reads as a title
     # (capitalized, not a genre list: "a "who-framed-who" trope" or "genre: Adventure" are not titles).
@@ -178,14 +196,24 @@ def _generate(
             for i in grounded
         ]
         stop = answer_stop()
-        choices = [ForcedChoice(lead, tuple(f" {t}" for t in titles), bridge, stop) for titles in clean]
+        # After the chosen title, what it shares with the recommendation is forced from data (the evidence's
+        # shared genres and tags), so the model never has to name a genre it might make up.
+        choices = [
+            ForcedChoice(
+                lead,
+                tuple(f" {t}" for t in titles),
+                tuple(bridge + answer_shared_clause(e.shared) for e in evidences[i]),
+                stop,
+            )
+            for i, titles in zip(grounded, clean, strict=True)
+        ]
         results = backend.choose_then_generate([prompts[i] for i in grounded], choices, max_new_tokens)
         for i, choice, res in zip(grounded, choices, results, strict=True):
             if isinstance(res, BackendError):
                 out[i] = (res, None)
                 continue
             pick, rest = res
-            text = (choice.lead + choice.options[pick] + choice.bridge + rest).strip()
+            text = (choice.forced(pick) + rest).strip()
             out[i] = (text, evidences[i][pick].item.title)
     if free:
         for i, res in zip(free, backend.generate([prompts[i] for i in free], max_new_tokens), strict=True):

@@ -323,11 +323,11 @@ class HFBackend:
         self, prompts: Sequence[RenderedPrompt], choices: Sequence[ForcedChoice], max_new_tokens: int
     ) -> list:
         """The option with the best `option_scores` (the first of tied ones; a single option is not scored), then
-        greedy decoding after prompt + lead + option + bridge, up to the first of the choices' `stop` strings."""
+        greedy decoding after prompt + lead + option + its bridge, up to the first of the choices' `stop` strings."""
         picks = pick_options(self.option_scores, prompts, choices)
         continued = []
         for p, c, pick in zip(prompts, choices, picks, strict=True):
-            forced = [] if isinstance(pick, BackendError) else self._encode(c.lead + c.options[pick] + c.bridge)
+            forced = [] if isinstance(pick, BackendError) else self._encode(c.forced(pick))
             continued.append(_Tokens(p.user_id, [*p.input_ids, *forced], images=tuple(p.images)))
         stops = sorted({s for c in choices for s in c.stop})
 

@@ -16,7 +16,7 @@ What each primitive returns, next to the transformers backend:
   useful size (a regex/grammar for "each of 20 labels once" is exponential), so vLLM's structured outputs
   (`StructuredOutputsParams`) do not fit; its logits-processor interface does.
 - `choose_then_generate` (grounded explanations): options scored by the mean log-probability of their tokens
-  (`logprob_token_ids` after each prefix), then greedy decoding after lead + option + bridge.
+  (`logprob_token_ids` after each prefix), then greedy decoding after lead + option + its bridge.
 - `item_scores`: not available (see `item_scores`).
 
 LoRA adapters from `mmrec train` go in as a `LoRARequest` (never merged); prefix caching is on (prompts start with
@@ -348,11 +348,11 @@ class VLLMBackend:
         self, prompts: Sequence[RenderedPrompt], choices: Sequence[ForcedChoice], max_new_tokens: int
     ) -> list:
         """The option with the best `option_scores` (the first of tied ones; a single option is not scored), then
-        greedy decoding after prompt + lead + option + bridge."""
+        greedy decoding after prompt + lead + option + its bridge."""
         picks = pick_options(self.option_scores, prompts, choices)
         continued = []
         for p, c, pick in zip(prompts, choices, picks, strict=True):
-            forced = [] if isinstance(pick, BackendError) else self._encode(c.lead + c.options[pick] + c.bridge)
+            forced = [] if isinstance(pick, BackendError) else self._encode(c.forced(pick))
             continued.append(_Tokens(p.user_id, [*p.input_ids, *forced]))
         texts = self.generate(continued, max_new_tokens)
         return [
