@@ -25,7 +25,7 @@ def _files(folder) -> dict[str, bytes]:
 
 @pytest.fixture
 def finished(synth_dir, tmp_path):
-    """A finished run (output_dir is part of its config, so each test trains its own)."""
+    """A finished run (each test trains its own: they change or move it)."""
     out = tmp_path / "run"
     run_sft(_cfg(synth_dir, out), loaded=load_model("tiny-llama"))
     return out
@@ -43,6 +43,21 @@ def test_rerun_of_a_finished_run_says_so_and_leaves_it(synth_dir, finished, tmp_
     with pytest.raises(RunFinished, match="finished run with this config"):
         run_sft(_cfg(synth_dir, out), loaded=load_model("tiny-llama"))
     assert _files(out) == before
+
+
+def test_a_moved_finished_run_is_still_that_run(synth_dir, finished, tmp_path):
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    finished.rename(moved)
+    before = _files(moved)
+    with pytest.raises(RunFinished, match="finished run with this config"):
+        run_sft(_cfg(synth_dir, moved), loaded=load_model("tiny-llama"))
+    assert _files(moved) == before
+    # A config written by an earlier version records its folder: still the same run.
+    saved = json.loads((moved / "mmrec_train_config.json").read_text())
+    (moved / "mmrec_train_config.json").write_text(json.dumps({**saved, "output_dir": str(finished)}))
+    with pytest.raises(RunFinished):
+        run_sft(_cfg(synth_dir, moved), loaded=load_model("tiny-llama"))
 
 
 def test_a_finished_run_with_another_config_is_refused_unless_overwrite(synth_dir, finished, tmp_path):

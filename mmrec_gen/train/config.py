@@ -20,11 +20,11 @@ from mmrec_gen.models.model_args import ModelArguments
 from mmrec_gen.prompting.prompt_args import PromptArguments
 
 TARGETS = ("score", "ranking", "explanation")
-# TrainingArguments fields that decide what a run computes (a resumed run must match them).
+# TrainingArguments fields that decide what a run computes (a resumed run must match them). Not output_dir: where
+# a run lives does not change what it computes, and a moved run folder is the same run.
 FINGERPRINT_TRAINING = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "warmup_steps", "lr_scheduler_type", "weight_decay", "gradient_checkpointing", "save_steps", "seed",
-    "output_dir", "beta",
+    "warmup_steps", "lr_scheduler_type", "weight_decay", "gradient_checkpointing", "save_steps", "seed", "beta",
 )  # fmt: skip
 _TRL_FIELDS = {f.name for f in fields(SFTConfig)} | {f.name for f in fields(DPOConfig)}
 QUANTIZATION = ("none", "4bit")

@@ -105,6 +105,8 @@ def check_resume(cfg: TrainConfig, kind: str) -> str | None:
     wanted = {"kind": kind, **cfg.fingerprint()}
     saved_path = out / CONFIG_FILE
     saved = json.loads(saved_path.read_text(encoding="utf-8")) if saved_path.exists() else None
+    if saved is not None:
+        saved.pop("output_dir", None)  # recorded by earlier versions; a moved run folder is the same run
     if out.is_dir() and not cfg.overwrite:
         _check_output_dir_holds_no_other_run(out, saved, wanted)
     elif out.is_dir():  # --overwrite: start over; nothing of the old run may be resumed or reported later
