@@ -228,3 +228,28 @@ def test_a_catalogue_title_written_as_prose_is_not_a_mention_but_written_as_a_na
     assert sorted(check_explanation(named, history, [], catalogue)["hallucinated_titles"]) == [
         "Alien (1979)", "One, The (2001)", "Superhero Movie (2008)"
     ]  # fmt: skip
+
+
+def test_the_first_sentence_ends_at_a_full_stop_not_inside_an_abbreviated_title():
+    from mmrec_gen.prompting.evidence import answer_stop, first_sentence
+
+    # ". " as a stop string ended explanations inside "(a.k.a. Sh...": generation stops at a line break only.
+    assert ". " not in answer_stop()
+    aka = " you will probably enjoy Shrek Forever After (a.k.a. Shrek: The Final Chapter) (2010) too. And more."
+    assert first_sentence(aka) == aka[: aka.index(" And")]
+    assert first_sentence(" enjoy Kill Bill: Vol. 1 (2003) and Monsters, Inc. (2001) too. Yes.").endswith("too.")
+    assert first_sentence(" cut by the budget (a.k.a. Sh") == " cut by the budget (a.k.a. Sh"
+
+
+def test_a_title_written_with_another_year_is_not_that_title():
+    from mmrec_gen.rank.explain import check_explanation
+    from mmrec_gen.rank.titles import normalize_title
+
+    lotr = "Lord of the Rings: The Fellowship of the Ring, The (2001)"
+    catalogue = {normalize_title(t): t for t in ["Ring, The (2002)", lotr]}
+    shortened = "Because you enjoyed Willow (1988), you may enjoy The Fellowship of the Ring, The (2001) next."
+    assert check_explanation(shortened, ["Willow (1988)"], [lotr], catalogue)["hallucinated_titles"] == []
+    other = "Because you enjoyed Willow (1988), you may enjoy Ring, The (2002) next."
+    assert check_explanation(other, ["Willow (1988)"], [lotr], catalogue)["hallucinated_titles"] == [
+        "Ring, The (2002)"
+    ]

@@ -117,6 +117,19 @@ def answer_stop() -> tuple[str, ...]:
     return tuple(s for s in str(_answer_macros().stop()).split("|") if s)
 
 
+# A full stop that ends a sentence: followed by a space or the end, and not closing an abbreviation (a single
+# letter as in "a.k.a." or "J. R. R.", or a short title or name part: "Kill Bill: Vol. 1", "Monsters, Inc.").
+_ABBREVIATIONS = ("vs", "Vol", "Mr", "Mrs", "Ms", "Dr", "St", "No", "Inc", "Jr", "Sr")
+_SENTENCE_END = re.compile(r"(?<!\b\w)" + "".join(rf"(?<!\b{a})" for a in _ABBREVIATIONS) + r"\.(?=\s|$)")
+
+
+def first_sentence(text: str) -> str:
+    """`text` up to and including its first full stop that ends a sentence ("... (a.k.a. Shrek: The Final
+    Chapter) (2010) too." is one sentence); all of it when there is none (a text cut by the token budget)."""
+    end = _SENTENCE_END.search(text)
+    return text[: end.end()] if end else text
+
+
 def answer_reason(item_title: str, shared: Sequence[str]) -> str:
     """The rest of a training target (`mmrec train sft --target explanation`): what the cited item shares with the
     recommendation, from data only."""

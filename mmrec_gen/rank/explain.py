@@ -26,6 +26,7 @@ from mmrec_gen.prompting.evidence import (
     answer_shared_clause,
     answer_stop,
     field_values,
+    first_sentence,
     select_evidence,
 )
 from mmrec_gen.prompting.render import PromptBuilder
@@ -44,22 +45,36 @@ _GENRES_NOTE = re.compile(r"\s*\(genres?:[^)]*\)\s*$", re.IGNORECASE)
 _ARTICLE = re.compile(r"(?:the|a|an)\W+", re.IGNORECASE)
 
 
-def _capitalized(title: str, text: str) -> bool:
-    """Whether `text` writes `title` as a name somewhere: its first word after any article capitalized ("the
-    Matrix", "Superhero Movie"), not as prose ("the iconic superhero movie", "the one you enjoyed"). True as well
-    when the title's words cannot be located in the text (the mention stands)."""
-    located = False
-    for form in {normalize_title(title), as_written_title(title)}:
+# The year written after a title, past a trailing article ("of the Ring, The (2001)").
+_YEAR_AFTER = re.compile(r"(?:,\s*(?:the|a|an)\b)?\s*\(\s*(\d{4})\s*\)", re.IGNORECASE)
+
+
+def _occurrences(title: str, text: str) -> list[re.Match]:
+    """Where `text` writes the words of `title` (as "The Matrix" or as written, "Matrix, The"), any case."""
+    found = []
+    for form in dict.fromkeys([normalize_title(title), as_written_title(title)]):
         words = form.split()
-        if not words:
+        if words:
+            pattern = r"(?<!\w)" + r"\W+".join(re.escape(w) for w in words) + r"(?!\w)"
+            found.extend(re.finditer(pattern, text, re.IGNORECASE))
+    return found
+
+
+def _written_as_a_name(title: str, text: str) -> bool:
+    """Whether `text` writes `title` as a name somewhere: its first word after any article capitalized ("the
+    Matrix", "Superhero Movie"), not as prose ("the iconic superhero movie", "the one you enjoyed"), and not with
+    another year ("...of the Ring, The (2001)" is not "Ring, The (2002)"). True as well when the title's words
+    cannot be located in the text (the mention stands)."""
+    year = re.search(r"\((\d{4})\)\s*$", title)
+    occurrences = _occurrences(title, text)
+    for match in occurrences:
+        name = _ARTICLE.sub("", match.group(0), count=1) if " " in match.group(0) else match.group(0)
+        written_year = _YEAR_AFTER.match(text, match.end())
+        if year and written_year and written_year.group(1) != year.group(1):
             continue
-        pattern = r"(?<!\w)" + r"\W+".join(re.escape(w) for w in words) + r"(?!\w)"
-        for match in re.finditer(pattern, text, re.IGNORECASE):
-            located = True
-            name = _ARTICLE.sub("", match.group(0), count=1) if len(words) > 1 else match.group(0)
-            if name[:1].isupper() or not name[:1].isalpha():
-                return True
-    return not located
+        if name[:1].isupper() or not name[:1].isalpha():
+            return True
+    return not occurrences
 
 
 def check_explanation(
@@ -94,10 +109,10 @@ def check_explanation(
         if norm and norm not in mentioned and YEAR_SUFFIX.search(title):
             if re.search(rf"(?<!\w){re.escape(display_title(title))}", text, re.IGNORECASE):
                 mentioned.append(norm)
-    # A title outside the history and candidates counts only where the text writes it as a name (capitalized):
-    # "a classic Disney adaptation" or "a reference to the iconic superhero movie" are prose, not "Adaptation" or
-    # "Superhero Movie (2008)".
-    mentioned = [m for m in mentioned if m in allowed or _capitalized(known[m], text)]
+    # A title outside the history and candidates counts only where the text writes it as a name (capitalized, and
+    # not with another year): "a classic Disney adaptation" or "a reference to the iconic superhero movie" are
+    # prose, not "Adaptation" or "Superhero Movie (2008)".
+    mentioned = [m for m in mentioned if m in allowed or _written_as_a_name(known[m], text)]
     hallucinated = [known[m] for m in mentioned if m not in allowed]
     # A quoted title: a known one is a mention; one that matches nothing we know is made up, if it reads as a title
     # (capitalized, not a genre list: "a "who-framed-who" trope" or "genre: Adventure" are not titles).
@@ -213,7 +228,7 @@ def _generate(
                 out[i] = (res, None)
                 continue
             pick, rest = res
-            text = (choice.forced(pick) + rest).strip()
+            text = (choice.forced(pick) + first_sentence(rest)).strip()
             out[i] = (text, evidences[i][pick].item.title)
     if free:
         for i, res in zip(free, backend.generate([prompts[i] for i in free], max_new_tokens), strict=True):
