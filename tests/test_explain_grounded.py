@@ -112,7 +112,7 @@ def test_explain_rows_cite_an_evidence_title_chosen_by_the_backend(tiny_model_re
     shared = {"Star Comedy": "Comedy and Sci-Fi", "Laser Dragons": "Sci-Fi and Adventure"}
     shared["Old Space Saga"] = "Sci-Fi and Adventure"
     cited = grounded["cited_title"]
-    assert grounded["explanation"].startswith(f"Because you enjoyed {cited}, which is also {shared[cited]},")
+    assert grounded["explanation"].startswith(f"Because you enjoyed {cited}, which is also {shared[cited]}")
     assert grounded["cited_title"] in grounded["cited_history"] and grounded["cites_history"] is True
     assert grounded["item_genres"] == ["Sci-Fi", "Adventure", "Comedy"]
     assert free["evidence"] == [] and free["cited_title"] is None and free["error"] is None
@@ -238,7 +238,31 @@ def test_the_first_sentence_ends_at_a_full_stop_not_inside_an_abbreviated_title(
     aka = " you will probably enjoy Shrek Forever After (a.k.a. Shrek: The Final Chapter) (2010) too. And more."
     assert first_sentence(aka) == aka[: aka.index(" And")]
     assert first_sentence(" enjoy Kill Bill: Vol. 1 (2003) and Monsters, Inc. (2001) too. Yes.").endswith("too.")
-    assert first_sentence(" cut by the budget (a.k.a. Sh") == " cut by the budget (a.k.a. Sh"
+    assert first_sentence(" cut by the budget (a.k.a. Sh") == ""
+
+
+def test_a_rest_without_a_finished_sentence_is_dropped(tiny_model_real_tokenizer):
+    """A greedy loop cut by the token budget ends mid-title ("...Great Pumpkin, Charlie" reads as "Pumpkin (2002)"):
+    the explanation is then the forced part, closed with a full stop."""
+    loaded = tiny_model_real_tokenizer
+    builder = PromptBuilder(loaded.tokenizer, "explain", max_model_len=1024, max_new_tokens=8)
+    task = UserTask("u1", [HistoryEntry(h, None) for h in HISTORY], [TARGET], TARGET.item_id)
+
+    class Looping(HFBackend):  # the model's real choice, then the text a looping model writes
+        rests = [" you will enjoy it too. And more.", " you will probably enjoy It's the Great Pumpkin, Charlie"]
+
+        def choose_then_generate(self, prompts, choices, max_new_tokens):
+            picks = super().choose_then_generate(prompts, choices, max_new_tokens)
+            return [(pick, self.rests.pop(0)) for pick, _ in picks]
+
+    backend = Looping(loaded, batch_size=1, progress=False)
+    done, cut = [
+        explain(backend, builder, [task], [TARGET], catalogue={}, max_new_tokens=8, meta={})[0] for _ in range(2)
+    ]
+    forced = f"Because you enjoyed {done['cited_title']}, which is also "
+    assert done["explanation"].startswith(forced) and done["explanation"].endswith(", you will enjoy it too.")
+    assert cut["explanation"].startswith(forced) and cut["explanation"].endswith("Adventure.")
+    assert "Pumpkin" not in cut["explanation"]
 
 
 def test_a_title_written_with_another_year_is_not_that_title():

@@ -125,9 +125,10 @@ _SENTENCE_END = re.compile(r"(?<!\b\w)" + "".join(rf"(?<!\b{a})" for a in _ABBRE
 
 def first_sentence(text: str) -> str:
     """`text` up to and including its first full stop that ends a sentence ("... (a.k.a. Shrek: The Final
-    Chapter) (2010) too." is one sentence); all of it when there is none (a text cut by the token budget)."""
+    Chapter) (2010) too." is one sentence); "" when there is none: a text the token budget cut, in practice a
+    repetition loop ending mid-word or mid-title."""
     end = _SENTENCE_END.search(text)
-    return text[: end.end()] if end else text
+    return text[: end.end()] if end else ""
 
 
 def answer_reason(item_title: str, shared: Sequence[str]) -> str:

@@ -228,7 +228,9 @@ def _generate(
                 out[i] = (res, None)
                 continue
             pick, rest = res
-            text = (choice.forced(pick) + first_sentence(rest)).strip()
+            rest = first_sentence(rest)
+            # Without a finished sentence the generated part is dropped: the forced part, closed, is the explanation.
+            text = (choice.forced(pick) + rest).strip() if rest else choice.forced(pick).rstrip(" ,;:") + "."
             out[i] = (text, evidences[i][pick].item.title)
     if free:
         for i, res in zip(free, backend.generate([prompts[i] for i in free], max_new_tokens), strict=True):
