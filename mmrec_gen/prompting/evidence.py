@@ -113,7 +113,7 @@ def answer_shared_clause(shared: Sequence[str]) -> str:
 
 
 def answer_stop() -> tuple[str, ...]:
-    """Where the generated rest of an explanation ends (one sentence)."""
+    """Where generating the rest of an explanation stops (a line break; EOS too); `first_sentence` then cuts it."""
     return tuple(s for s in str(_answer_macros().stop()).split("|") if s)
 
 

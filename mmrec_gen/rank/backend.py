@@ -37,7 +37,7 @@ class ForcedChoice:
     lead: str
     options: tuple[str, ...]
     bridges: tuple[str, ...]
-    stop: tuple[str, ...] = ()  # the free text ends with the first of these (e.g. "." for one sentence)
+    stop: tuple[str, ...] = ()  # generation of the free text ends at the first of these (e.g. a line break)
 
     def __post_init__(self) -> None:
         if len(self.bridges) not in (1, len(self.options)):
@@ -73,9 +73,9 @@ class RankBackend(Protocol):
         self, prompts: Sequence[RenderedPrompt], choices: Sequence[ForcedChoice], max_new_tokens: int
     ) -> list:
         """Per prompt and its choice: (index of the option chosen, the greedy continuation after
-        `choice.forced(index)` up to and including the first `stop` string, as text), or a BackendError. Each option is scored by
-        the mean log-probability of its tokens after the prompt and `lead` (the tokens all options share are the
-        lead's); ties go to the first option."""
+        `choice.forced(index)` up to and including the first `stop` string, as text), or a BackendError. Each
+        option is scored by the mean log-probability of its tokens after the prompt and `lead` (the tokens all
+        options share are the lead's); ties go to the first option."""
 
 
 def pick_options(option_scores, prompts: Sequence[RenderedPrompt], choices: Sequence) -> list:
