@@ -196,3 +196,62 @@ def save_tiny_llava_next(folder) -> str:
     LlavaNextForConditionalGeneration(config).eval().save_pretrained(str(folder))
     processor.save_pretrained(str(folder))
     return str(folder)
+
+
+# Idefics3's processor wraps each image in these tokens ("<fake_token_around_image><global-img><image>...") and tags
+# the tiles of a split image with <row_i_col_j>.
+IDEFICS3_TOKENS = (
+    "<fake_token_around_image>", IMAGE_TOKEN, "<end_of_utterance>", "<global-img>",
+    *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
+)  # fmt: skip
+
+
+def save_tiny_idefics3(folder, *, hidden_size: int = 256) -> str:
+    """A tiny random Idefics3ForConditionalGeneration (the SmolVLM architecture: a SigLIP-style tower, pixel shuffle
+    by 2 and a linear connector, a Llama language model) and its processor, written to `folder`. An image is one
+    32x32 view (no tiling) of (32 / 8)^2 / 2^2 = 4 image tokens, wrapped in the processor's marker tokens.
+
+    vLLM serves this architecture without torchvision (its LLaVA code imports it), so the vLLM backend's image tests
+    use this model; `hidden_size` 256 with 4 heads gives the language model vLLM's smallest CPU attention head (64).
+    The output layer is not tied to the embeddings: a random tied model only repeats its last input token."""
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3Processor,
+        Idefics3VisionConfig,
+        LlamaConfig,
+    )
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": list(IDEFICS3_TOKENS)}, replace_extra_special_tokens=False
+    )
+    tokenizer.chat_template = MM_CHATML_TEMPLATE
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False,
+        size={"longest_edge": TINY_IMAGE_SIZE},
+        max_image_size={"longest_edge": TINY_IMAGE_SIZE},
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=MM_CHATML_TEMPLATE
+    )
+    vision = Idefics3VisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=TINY_IMAGE_SIZE,
+        patch_size=TINY_PATCH_SIZE,
+    )  # fmt: skip
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    config = Idefics3Config(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        scale_factor=2, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    Idefics3ForConditionalGeneration(config).eval().save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return str(folder)

