@@ -206,3 +206,28 @@ def test_label_vocab_matches_tokenizer(tiny_model):
     assert [tok.decode([i]) for i in vocab.first_ids] == ["A", "B", "C"]
     assert [tok.decode([i]).strip() for i in vocab.cont_ids] == ["A", "B", "C"]
     assert tok.decode(list(vocab.sep_ids)) == ","
+
+
+class _OptionsProbe:
+    """A backend class that records the options create_backend hands it."""
+
+    config_options = ("max_images", "not_a_run_option")
+
+    def __init__(self, loaded_model, *, batch_size, progress, **options):
+        self.options = options
+
+
+def test_a_backend_takes_the_run_options_it_lists_and_explicit_options_win(monkeypatch, tiny_model):
+    """The vLLM backend sizes its engine's image limit from the run's --max-images this way (config_options)."""
+    import types
+
+    from mmrec_gen.rank.backend import BACKENDS
+
+    monkeypatch.setattr(BACKENDS, "_entries", dict(BACKENDS._entries))
+    BACKENDS.register("probe", f"{__name__}:_OptionsProbe", "records its options")
+    run = types.SimpleNamespace(max_images=3, image_items="both")
+    assert create_backend("probe", tiny_model, batch_size=1, config=run).options == {"max_images": 3}
+    assert create_backend("probe", tiny_model, batch_size=1, config=run, max_images=7).options == {"max_images": 7}
+    assert create_backend("probe", tiny_model, batch_size=1).options == {}
+    # The HF backend lists none: a run config changes nothing there.
+    assert not getattr(BACKENDS.resolve("hf"), "config_options", ())
