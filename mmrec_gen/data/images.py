@@ -288,6 +288,14 @@ class ImageReader:
         return loaded.image
 
 
+def read_rendered_images(paths) -> list:
+    """The images of a rendered prompt, for the model (the backends and the VLM trainer). The prompt was rendered
+    with the images that read under --on-bad-image; a file that went bad since then becomes the grey placeholder,
+    so an image block is never left without its image."""
+    reader = ImageReader("placeholder")
+    return [reader.read(path) for path in paths]
+
+
 def check_images(
     entries: list[tuple[str | None, str | None]], *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 ) -> ImageReport:

@@ -116,14 +116,11 @@ class HFBackend:
         """A vision-language model's inputs for prompts with images (RenderedPrompt, or token ids extended past the
         prompt): each image placeholder token of a row is replaced by the tokens the processor expands that image
         into, in order, and the processor's image tensors (pixel values, sizes, grids) come alongside."""
-        from mmrec_gen.data.images import ImageReader
+        from mmrec_gen.data.images import read_rendered_images
 
         if self.item_tokens is not None:
             raise ValueError("item tokens and image content blocks in one prompt are not supported")
-        # The prompt layer already checked every image under --on-bad-image; a file that went bad since then
-        # becomes the grey placeholder here, so the image block is never left without its image.
-        reader = ImageReader("placeholder")
-        flat = [reader.read(path) for p in batch for path in p.images]
+        flat = read_rendered_images([path for p in batch for path in p.images])
         token = self.processor.image_token
         enc = self.processor(
             text=[token] * len(flat), images=[[im] for im in flat], padding=True, return_tensors="pt",

@@ -88,12 +88,28 @@ def vllm_engine(
         if (*key, lora) in _ENGINE:
             return _ENGINE[(*key, lora)]
     vllm = _import_vllm()
+    from mmrec_gen.rank.vllm_logits import LabelPermutationProcessor
+
     _ENGINE.clear()  # drop the previous engine before the next one takes its memory
     logger.info("starting vLLM on %s (%s, max_model_len %s, lora %s)", model_path, dtype, max_model_len, enable_lora)
     lora = {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1} if enable_lora else {}
     images = {"limit_mm_per_prompt": {"image": images_per_prompt}} if images_per_prompt is not None else {}
     try:
-        llm = _new_engine(vllm, model_path, dtype, max_model_len, kv_cache_memory_bytes, seed, {**lora, **images})
+        llm = vllm.LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            enforce_eager=True,
+            enable_prefix_caching=True,
+            # Label sets go up to 26 letters; logprob_token_ids counts against max_logprobs (default 20).
+            max_logprobs=128,
+            logits_processors=[LabelPermutationProcessor],
+            disable_log_stats=False,  # keeps the prefix-cache counters that prefix_cache_counts reads
+            seed=seed,
+            **lora,
+            **images,
+        )
     except Exception as exc:
         import importlib.util
 
@@ -107,25 +123,6 @@ def vllm_engine(
         raise
     _ENGINE[(*key, enable_lora)] = llm
     return llm
-
-
-def _new_engine(vllm, model_path, dtype, max_model_len, kv_cache_memory_bytes, seed, extra):
-    from mmrec_gen.rank.vllm_logits import LabelPermutationProcessor
-
-    return vllm.LLM(
-        model=model_path,
-        dtype=dtype,
-        max_model_len=max_model_len,
-        kv_cache_memory_bytes=kv_cache_memory_bytes,
-        enforce_eager=True,
-        enable_prefix_caching=True,
-        # Label sets go up to 26 letters; logprob_token_ids counts against max_logprobs (default 20).
-        max_logprobs=128,
-        logits_processors=[LabelPermutationProcessor],
-        disable_log_stats=False,  # keeps the prefix-cache counters that prefix_cache_counts reads
-        seed=seed,
-        **extra,
-    )
 
 
 # The LoRA ranks vLLM's engine can be sized for (vllm.config.lora.MaxLoRARanks).
@@ -271,12 +268,9 @@ class VLLMBackend:
         if paths:
             if self.processor is None:
                 raise ValueError(f"user {prompt.user_id}: a prompt with images, but the model reads text only")
-            from mmrec_gen.data.images import ImageReader
+            from mmrec_gen.data.images import read_rendered_images
 
-            # As the HF backend: the prompt layer checked every image under --on-bad-image; a file that went bad
-            # since then becomes the grey placeholder, so an image block never lacks its image.
-            reader = ImageReader("placeholder")
-            request["multi_modal_data"] = {"image": [reader.read(path) for path in paths]}
+            request["multi_modal_data"] = {"image": read_rendered_images(paths)}
         return request
 
     def _sampling(self, **kwargs):
@@ -362,11 +356,11 @@ class VLLMBackend:
             options.extend((k, j, [*p.input_ids, *s], len(p.input_ids) + shared) for j, s in enumerate(seqs))
         # (the prompt's images, a prefix) -> (its prompt, tokens to score after it). The images are part of the key:
         # two prompts with the same token ids (image placeholders included) but other images are other prefixes.
+        images = [tuple(getattr(p, "images", ())) for p in prompts]
         prefixes: dict[tuple, tuple[int, set[int]]] = {}
         for k, _, ids, start in options:
-            images = tuple(getattr(prompts[k], "images", ()))
             for i in range(start, len(ids)):
-                prefixes.setdefault((images, tuple(ids[:i])), (k, set()))[1].add(ids[i])
+                prefixes.setdefault((images[k], tuple(ids[:i])), (k, set()))[1].add(ids[i])
         keys = list(prefixes)
         params = [self._sampling(max_tokens=1, logprob_token_ids=sorted(prefixes[key][1])) for key in keys]
         requests = [_Tokens(prompts[prefixes[key][0]].user_id, list(key[1]), key[0]) for key in keys]
@@ -379,8 +373,7 @@ class VLLMBackend:
                 )
         results: list = [[] for _ in prompts]
         for k, _, ids, start in options:
-            images = tuple(getattr(prompts[k], "images", ()))
-            values = [logprob[(images, tuple(ids[:i])), ids[i]] for i in range(start, len(ids))]
+            values = [logprob[(images[k], tuple(ids[:i])), ids[i]] for i in range(start, len(ids))]
             failed = next((v for v in values if isinstance(v, BackendError)), None)
             if isinstance(results[k], BackendError):
                 continue

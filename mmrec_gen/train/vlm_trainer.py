@@ -34,18 +34,15 @@ class VLMCollator:
     """
 
     def __init__(self, processor, end_of_turn: str) -> None:
-        from mmrec_gen.data.images import ImageReader
-
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.end_of_turn = end_of_turn
         self.image_id = self.tokenizer.convert_tokens_to_ids(processor.image_token)
-        # Prompts were rendered with the images that read under --on-bad-image; a file that went bad since then
-        # becomes the grey placeholder, so no image block is ever left without its image.
-        self.reader = ImageReader("placeholder")
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
-        images = [[self.reader.read(path) for path in row["images"]] for row in rows]
+        from mmrec_gen.data.images import read_rendered_images
+
+        images = [read_rendered_images(row["images"]) for row in rows]
         enc = self.processor(
             text=[row["prompt_text"] for row in rows], images=images if any(images) else None, padding=True,
             padding_side="left", return_tensors="pt", add_special_tokens=False,
