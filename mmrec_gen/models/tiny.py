@@ -55,12 +55,11 @@ def build_tiny_tokenizer(vocab_size: int = 600):
     return fast
 
 
-def build_tiny_llama(tokenizer, *, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
-    """A randomly initialised LlamaForCausalLM sized for unit tests (fp32, deterministic for a seed)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(tokenizer, *, hidden_size: int = 32, num_layers: int = 2, tie_word_embeddings: bool = True):
+    """The LlamaConfig of the tiny language models (4 heads, 2 KV heads, a 4,096-token context) for `tokenizer`."""
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
@@ -71,8 +70,16 @@ def build_tiny_llama(tokenizer, *, hidden_size: int = 32, num_layers: int = 2, s
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
+
+
+def build_tiny_llama(tokenizer, *, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+    """A randomly initialised LlamaForCausalLM sized for unit tests (fp32, deterministic for a seed)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    config = tiny_llama_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.eval()
@@ -122,19 +129,14 @@ def build_tiny_llava(processor, *, hidden_size: int = 32, num_layers: int = 2, s
     """A randomly initialised LlavaForConditionalGeneration: a 2-layer CLIP vision tower, LLaVA's mlp2x_gelu
     projector and a 2-layer Llama sized for unit tests (fp32, deterministic for a seed)."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
     tokenizer = processor.tokenizer
     vision = CLIPVisionConfig(
         hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=2, num_attention_heads=4,
         image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, projection_dim=hidden_size,
     )  # fmt: skip
-    text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-        tie_word_embeddings=True,
-    )  # fmt: skip
+    text = tiny_llama_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers)
     config = LlavaConfig(
         vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_select_strategy="default", vision_feature_layer=-1, projector_hidden_act="gelu",
@@ -220,7 +222,6 @@ def save_tiny_idefics3(folder, *, hidden_size: int = 256) -> str:
         Idefics3ForConditionalGeneration,
         Idefics3Processor,
         Idefics3VisionConfig,
-        LlamaConfig,
     )
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
@@ -241,12 +242,7 @@ def save_tiny_idefics3(folder, *, hidden_size: int = 256) -> str:
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=TINY_IMAGE_SIZE,
         patch_size=TINY_PATCH_SIZE,
     )  # fmt: skip
-    text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-        tie_word_embeddings=False,
-    )  # fmt: skip
+    text = tiny_llama_config(tokenizer, hidden_size=hidden_size, tie_word_embeddings=False)
     config = Idefics3Config(
         vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         scale_factor=2, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
