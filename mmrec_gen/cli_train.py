@@ -30,9 +30,8 @@ class MergeConfig:
 
 def train_and_report(kind: str, cfg) -> int:
     """Run one training command for a filled config and print its summary (also used by scripts/)."""
-    from mmrec_gen.models.item_tokens import read_item_token_config
-    from mmrec_gen.train.item_dpo import run_item_dpo
-    from mmrec_gen.train.item_trainer import run_item_sft
+    from mmrec_gen.models.item_rec_io import item_rec_folder
+    from mmrec_gen.train.item_rec_trainer import run_item_sft
     from mmrec_gen.train.trainers import RunFinished, run_dpo, run_sft
 
     try:
@@ -51,7 +50,9 @@ def train_and_report(kind: str, cfg) -> int:
             )
         elif kind == "sft" and cfg.uses_item_tokens:
             summary = run_item_sft(cfg)
-        elif kind == "dpo" and cfg.adapter and read_item_token_config(cfg.adapter) is not None:
+        elif kind == "dpo" and item_rec_folder(cfg.adapter):
+            from mmrec_gen.train.item_rec_dpo import run_item_dpo
+
             summary = run_item_dpo(cfg)
         elif kind == "dpo" and cfg.uses_item_tokens:
             raise ValueError(
@@ -86,6 +87,13 @@ def merge(cfg: MergeConfig) -> int:
     from mmrec_gen.models.registry import load_model
 
     check_output_dir(cfg.out, "--out")
+    from mmrec_gen.models.item_rec_io import item_rec_folder, load_item_rec, save_merged
+
+    if item_rec_folder(cfg.adapter):  # an item-token recommender: one from_pretrained folder, tables included
+        base = load_model(cfg.model, dtype=cfg.dtype) if cfg.model else None
+        save_merged(load_item_rec(cfg.adapter, dtype=cfg.dtype, base=base), cfg.out)
+        print(f"merged {cfg.adapter}: {cfg.out}  (use it with: mmrec rank --model {cfg.out} ...)")
+        return 0
     base = cfg.model or (read_adapter_metadata(cfg.adapter) or {}).get("base_model")
     if base is None:
         raise ValueError(f"{cfg.adapter}: no mmrec_adapter.json names its base model; pass --model")

@@ -15,6 +15,15 @@ trl_peak_mb (plus the trl_no_gc figures).
 
     python scripts/bench_train.py                       # synthetic data, SmolLM2-135M, 8 examples per variant
     python scripts/bench_train.py --data ../shared/data/ml-latest-small --examples 8 --json
+
+With --recipe CONFIG it measures the item-token recommender instead: `mmrec train sft --config CONFIG` for
+--steps optimizer steps (no evaluation, no checkpoint), once with this checkout (the Trainer path) and once with
+the commit --baseline (default 46ed580, the last one with the hand-written loop), checked out into a temporary git
+worktree and run from there; tokens/s are each run's own prompt tokens over its training time, and the ratio
+`trainer_over_loop` is printed:
+
+    python scripts/bench_train.py --recipe configs/rec_smollm2_cpu.yaml --data ../shared/data/ml-latest-small \
+        --steps 30 --json
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accumulation", type=int, default=4, help="Gradient accumulation steps.")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--json", action="store_true", help="End with one JSON line of the results.")
+    parser.add_argument("--recipe", help="Benchmark this item-token recipe config, Trainer path vs --baseline.")
+    parser.add_argument("--baseline", default="46ed580", help="--recipe: the commit whose training loop to compare.")
+    parser.add_argument("--steps", type=int, default=30, help="--recipe: optimizer steps per run.")
     parser.add_argument("--run-variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # internal: one child
     parser.add_argument("--out", help=argparse.SUPPRESS)
     return parser
@@ -70,7 +82,50 @@ def run_variant(args) -> None:
     print("RESULT " + json.dumps({**summary, "peak_mb": round(peak_mb, 1)}), flush=True)
 
 
+def recipe_run(repo: Path, args, out: Path) -> dict:
+    """`mmrec train sft --config RECIPE` from the checkout `repo` (its own code), in a subprocess."""
+    import os
+
+    cmd = [sys.executable, "-m", "mmrec_gen", "train", "sft", "--config", str(Path(args.recipe).resolve()),
+           "--data", str(Path(args.data).resolve()), "--output-dir", str(out), "--max-steps", str(args.steps),
+           "--save-steps", "100000", "--eval-strategy", "no", "--load-best-model-at-end", "false",
+           "--progress", "false"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"{repo}: training failed (exit {proc.returncode})")
+    return json.loads((out / "train_summary.json").read_text(encoding="utf-8"))
+
+
+def main_recipe(args) -> dict:
+    """The item-token recipe through this checkout's Trainer path and through --baseline's loop, one after the other."""
+    here = Path(__file__).resolve().parent.parent
+    if args.data is None:
+        raise SystemExit("--recipe needs --data")
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "baseline"
+        subprocess.run(
+            ["git", "-C", str(here), "worktree", "add", "-q", "--detach", str(old), args.baseline], check=True
+        )
+        try:
+            results = {"trainer": recipe_run(here, args, Path(tmp) / "trainer"),
+                       "loop": recipe_run(old, args, Path(tmp) / "loop")}  # fmt: skip
+        finally:
+            subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(old)], check=False)
+    out = {"recipe": args.recipe, "steps": args.steps, "baseline": args.baseline}
+    for name, r in results.items():
+        out[f"{name}_tokens_per_s"] = r["prompt_tokens_per_s"]
+        print(f"{name:8s} {r['prompt_tokens_per_s']:8.1f} prompt tokens/s  {r['steps']} steps  "
+              f"loss {r['first_loss']} -> {r['last_loss']}", flush=True)  # fmt: skip
+    out["trainer_over_loop"] = round(out["trainer_tokens_per_s"] / out["loop_tokens_per_s"], 3)
+    print(f"tokens/s Trainer path / hand-written loop ({args.baseline}): {out['trainer_over_loop']}x")
+    return out
+
+
 def main(args) -> dict:
+    if args.recipe:
+        return main_recipe(args)
     with tempfile.TemporaryDirectory() as tmp:
         if args.data is None:
             from mmrec_gen.data.synthetic import generate_synthetic

@@ -93,7 +93,7 @@ def run_arm(cfg: CompareConfig, name: str, sources: str, loaded=None) -> tuple[d
     from mmrec_gen.eval.report import evaluate_file
     from mmrec_gen.rank.pipeline import run_rank
     from mmrec_gen.rank.rank_config import RankConfig
-    from mmrec_gen.train.item_trainer import run_item_sft
+    from mmrec_gen.train.item_rec_trainer import run_item_sft
 
     out = Path(cfg.output_dir)
     projector = None

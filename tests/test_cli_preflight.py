@@ -21,7 +21,7 @@ def no_model(monkeypatch):
 
     # Modules that bind load_model at import are imported before the registry is patched, so none keeps `refuse`.
     import mmrec_gen.models.llm_encoder  # noqa: F401
-    import mmrec_gen.train.item_trainer  # noqa: F401
+    import mmrec_gen.train.item_rec_trainer  # noqa: F401
 
     monkeypatch.setattr("mmrec_gen.train.trainers.load_model", refuse)
     monkeypatch.setattr("mmrec_gen.models.registry.load_model", refuse)

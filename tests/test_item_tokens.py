@@ -1,6 +1,6 @@
 """Item tokens (LLaVA-style projectors over item features) and the item head, on tiny models and synthetic data:
 slots land exactly at items, gradients reach LoRA + projectors + head only, the item head is order-free, cached
-features equal fresh ones, mismatched adapters are refused, and a killed run resumes to the same adapter."""
+features equal fresh ones, mismatched data is refused, and a killed run resumes to the same adapter."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from training_helpers import Killed, adapter_state, kill_after_save
 
 from mmrec_gen.data.schema import Item
-from mmrec_gen.models.item_tokens import ItemTokens, table_fingerprint
+from mmrec_gen.models.item_tokens import table_fingerprint
 from mmrec_gen.prompting.item_slots import ITEM_TOKEN
 from mmrec_gen.prompting.render import HistoryEntry, PromptBuilder
 
@@ -59,31 +60,6 @@ def test_history_truncation_keeps_slots_and_ids_aligned(tokenizer):
 
 
 # ------------------------------------------------------------------------------------------------ the module
-def _module(hidden: int = 16, n: int = 6) -> ItemTokens:
-    rng = np.random.default_rng(0)
-    ids = [f"i{k}" for k in range(n)]
-    tables = {"cf": rng.normal(size=(n, 4)).astype(np.float32), "text": rng.normal(size=(n, 8)).astype(np.float32)}
-    return ItemTokens(ids, tables, hidden)
-
-
-def test_embed_replaces_exactly_the_placeholders():
-    torch.manual_seed(0)
-    module = _module()
-    embedding = torch.nn.Embedding(50, 16)
-    placeholder = 99  # past the vocabulary: never looked up
-    ids = torch.tensor([[1, 99, 2, 99, 3], [4, 5, 99, 6, 7]])
-    out = module.embed(embedding, ids, [["i2", "i0"], ["i5"]], placeholder)
-    reps = module.item_reps(module.indices(["i2", "i0", "i5"]))
-    torch.testing.assert_close(out[0, 1], reps[0])
-    torch.testing.assert_close(out[0, 3], reps[1])
-    torch.testing.assert_close(out[1, 2], reps[2])
-    plain = embedding(torch.tensor([[1, 2, 3], [4, 5, 6]]))
-    torch.testing.assert_close(out[0, [0, 2, 4]], plain[0])
-    torch.testing.assert_close(out[1, [0, 1, 3]], plain[1, :3])
-    with pytest.raises(ValueError, match="2 item placeholders for 1 item slots"):
-        module.embed(embedding, ids, [["i2"], ["i5"]], placeholder)
-
-
 def test_fingerprints_follow_values_and_shape():
     a = np.ones((3, 2), np.float32)
     assert table_fingerprint(a) == table_fingerprint(a.copy())
@@ -106,76 +82,52 @@ def _train_cfg(synth_dir, out, **overrides):
 
 
 def test_one_step_moves_lora_projectors_and_head_but_not_the_base(synth_dir, tmp_path):
-    from mmrec_gen.data.loaders import load_dataset
-    from mmrec_gen.data.split import split_dataset
-    from mmrec_gen.models.registry import load_model
-    from mmrec_gen.recsys.item_features import build_item_features
-    from mmrec_gen.train.item_trainer import ItemTokenLM, item_head_examples, item_head_loss
-    from mmrec_gen.train.trainers import peft_model
+    from mmrec_gen.train.item_data import ItemRecCollator, item_head_examples, training_rows
+    from mmrec_gen.train.item_rec_trainer import lora_item_model, new_item_model, prepare_run
 
     cfg = _train_cfg(synth_dir, tmp_path / "o")
-    ds = load_dataset(cfg.data)
-    split_result = split_dataset(ds)
-    features = build_item_features(ds, split_result, ["cf", "text"], split="test", seed=0)
-    loaded = load_model("tiny-llama", dtype="float32")
-    builder = PromptBuilder.from_options(loaded.tokenizer, "rec_items", cfg, 1, item_tokens=True)
-    index = {item: k for k, item in enumerate(features.item_ids)}
-    examples, _ = item_head_examples(cfg, ds, split_result, builder, index)
+    (tmp_path / "o").mkdir()
+    run = prepare_run(cfg, "sft")
+    examples, _ = item_head_examples(cfg, run.ds, run.split_result, run.builder, run.index)
     # Every slot predicts the next item of its window, and the answer position the window's last item.
     first = examples[0]
     assert len(first.targets) == first.prompt.n_history_used + 1
-    hidden = loaded.model.get_input_embeddings().weight.shape[1]
-    module = ItemTokens(features.item_ids, features.tables, hidden)
-    llm = peft_model(cfg, loaded)
-    model = ItemTokenLM(llm, module, builder.item_token_id, loaded.tokenizer.pad_token_id, autocast=False)
-    loss = item_head_loss(model, examples[:4])
-    loss.backward()
+    model = lora_item_model(cfg, new_item_model(cfg, run))
+    batch = ItemRecCollator(run.loaded.tokenizer.pad_token_id, run.builder.item_token_id)(
+        training_rows(examples[:4], "items", run.index)
+    )
+    assert int((batch["item_labels"] != -100).sum()) == sum(len(e.targets) for e in examples[:4])
+    model(**batch).loss.backward()
     trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert any("lora_B" in n for n in trained)
-    assert any(n.startswith("item_tokens.projectors.cf") for n in trained)
-    assert any(n.startswith("item_tokens.projectors.text") for n in trained)
-    assert {"item_tokens.head.weight", "item_tokens.head.bias"} <= trained
-    base = [n for n, p in model.named_parameters() if "lora_" not in n and not n.startswith("item_tokens.")]
+    assert any("item_tokens.modules_to_save.default.projectors.cf" in n for n in trained)
+    assert any("item_tokens.modules_to_save.default.projectors.text" in n for n in trained)
+    assert {n for n in trained if n.endswith(("head.weight", "head.bias")) and "item_tokens" in n}
+    base = [n for n, p in model.named_parameters() if "lora_" not in n and "modules_to_save" not in n]
     assert base and all(not dict(model.named_parameters())[n].requires_grad for n in base)
 
 
-def _state(folder):
-    from safetensors.torch import load_file
-
-    return {
-        **load_file(str(folder / "adapter_model.safetensors")),
-        **load_file(str(folder / "item_tokens.safetensors")),
-    }
-
-
-def test_resume_after_a_kill_gives_the_same_adapter(synth_dir, tmp_path, monkeypatch):
-    from mmrec_gen.train import item_trainer
-    from mmrec_gen.train.item_trainer import run_item_sft as run_sft
+def test_resume_after_a_kill_gives_the_same_adapter(synth_dir, tmp_path):
+    from mmrec_gen.train.item_rec_trainer import run_item_sft as run_sft
 
     summary = run_sft(_train_cfg(synth_dir, tmp_path / "whole"))
     assert summary["steps"] == 4 and summary["examples"] > 40
-    saved = item_trainer._save_checkpoint
-
-    def save_then_die(out, step, *args, **kwargs):
-        saved(out, step, *args, **kwargs)
-        raise KeyboardInterrupt("simulated kill after checkpoint 2")
-
-    monkeypatch.setattr(item_trainer, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run_sft(_train_cfg(synth_dir, tmp_path / "killed"))
-    monkeypatch.setattr(item_trainer, "_save_checkpoint", saved)
+    with pytest.raises(Killed):
+        run_sft(_train_cfg(synth_dir, tmp_path / "killed"), callbacks=[kill_after_save(2)])
     assert (tmp_path / "killed" / "checkpoint-2").is_dir()
-    assert not (tmp_path / "killed" / "item_tokens.safetensors").exists()
+    assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
     with pytest.raises(ValueError, match="learning_rate"):
         run_sft(_train_cfg(synth_dir, tmp_path / "killed", learning_rate=1e-3))
     resumed = run_sft(_train_cfg(synth_dir, tmp_path / "killed"))
     assert resumed["resumed_from"].endswith("checkpoint-2")
-    whole, again = _state(tmp_path / "whole"), _state(tmp_path / "killed")
-    assert whole.keys() == again.keys() and any(k.startswith("projectors.") for k in whole)
+    whole, again = adapter_state(tmp_path / "whole"), adapter_state(tmp_path / "killed")
+    assert whole.keys() == again.keys() and any(k.startswith("item_tokens.projectors.") for k in whole)
+    assert {"item_tokens.table_cf", "item_tokens.table_text"} <= whole.keys()  # the feature tables travel along
     for key in whole:
         torch.testing.assert_close(again[key], whole[key], atol=1e-6, rtol=0)
-    config = json.loads((tmp_path / "whole" / "mmrec_item_tokens.json").read_text())
-    assert config["head"] == "items" and config["sources"] == ["cf", "text"] and config["template"] == "rec_items"
+    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert config["model_type"] == "mmrec_item_rec" and config["head"] == "items"
+    assert list(config["source_dims"]) == ["cf", "text"] and config["recipe"]["template"] == "rec_items"
 
 
 # ------------------------------------------------------------------------------------------------ features
@@ -202,7 +154,7 @@ def test_cached_features_equal_fresh_ones(synth_dir, tmp_path):
 # ------------------------------------------------------------------------------------------------ ranking
 @pytest.fixture(scope="module")
 def item_adapter(synth_dir, tmp_path_factory):
-    from mmrec_gen.train.item_trainer import run_item_sft as run_sft
+    from mmrec_gen.train.item_rec_trainer import run_item_sft as run_sft
 
     out = tmp_path_factory.mktemp("item_adapter")
     run_sft(_train_cfg(synth_dir, out, max_steps=2))
@@ -244,24 +196,29 @@ def test_item_head_scores_do_not_depend_on_candidate_order(synth_dir, item_adapt
         assert a["ranking"] == b["ranking"]
 
 
-def test_an_adapter_is_refused_with_other_features(synth_dir, item_adapter, tmp_path):
+def test_an_adapter_is_refused_on_another_catalogue_or_split(synth_dir, item_adapter, tmp_path, monkeypatch):
     from mmrec_gen.data.synthetic import generate_synthetic
 
-    other = generate_synthetic(tmp_path / "other", num_users=40, num_items=80, seed=4, min_len=8, max_len=16)
-    with pytest.raises(ValueError, match="trained on other feature tables"):
+    other = generate_synthetic(tmp_path / "other", num_users=40, num_items=60, seed=4, min_len=8, max_len=16)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the catalogue was checked")
+
+    monkeypatch.setattr("mmrec_gen.models.registry.load_model", refuse)
+    with pytest.raises(ValueError, match="trained on a catalogue of 80 items"):
         _rank(other, item_adapter, tmp_path / "x.jsonl", max_users=2)
     with pytest.raises(ValueError, match="--split test"):
         _rank(synth_dir, item_adapter, tmp_path / "y.jsonl", split="valid", max_users=2)
 
 
 def test_label_head_with_item_tokens_trains_and_ranks_with_permutations(synth_dir, tmp_path):
-    from mmrec_gen.train.item_trainer import run_item_sft
+    from mmrec_gen.train.item_rec_trainer import run_item_sft
 
     out = tmp_path / "labels"
     summary = run_item_sft(_train_cfg(synth_dir, out, head="labels", item_tokens="cf", num_candidates=5, max_steps=2))
     assert summary["path"] == "item-tokens/labels" and summary["steps"] == 2
-    config = json.loads((out / "mmrec_item_tokens.json").read_text())
-    assert config["template"] == "rec_labels" and config["sources"] == ["cf"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"]["template"] == "rec_labels" and list(config["source_dims"]) == ["cf"]
     rows = _rank(synth_dir, out, tmp_path / "l.jsonl", max_users=4, num_candidates=5)
     assert all(r["valid"] and sorted(r["ranking"]) == sorted(r["candidates"]) for r in rows)
     assert rows[0]["meta"]["head"] == "labels" and rows[0]["meta"]["mode"] == "score"

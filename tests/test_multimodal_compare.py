@@ -63,6 +63,6 @@ def test_compare_modalities_runs_both_arms_on_one_candidate_file(synth_dir, tiny
     assert paired["mcnemar_p"] == expected["mcnemar_p"] and 0.0 <= paired["mcnemar_p"] <= 1.0
     # The image arm started from the aligned projector; the text arm has no image source.
     assert (tmp_path / "cmp" / "align" / "image_projector.safetensors").is_file()
-    config = json.loads((tmp_path / "cmp" / "text_image" / "mmrec_item_tokens.json").read_text())
-    assert config["sources"] == ["text", "image"]
-    assert json.loads((tmp_path / "cmp" / "text" / "mmrec_item_tokens.json").read_text())["sources"] == ["text"]
+    config = json.loads((tmp_path / "cmp" / "text_image" / "config.json").read_text())
+    assert sorted(config["source_dims"]) == ["image", "text"] and config["model_type"] == "mmrec_item_rec"
+    assert list(json.loads((tmp_path / "cmp" / "text" / "config.json").read_text())["source_dims"]) == ["text"]

@@ -13,7 +13,7 @@ from mmrec_gen.data.rows import catalogue_row
 @pytest.fixture(scope="module")
 def cf_adapter(synth_dir, tmp_path_factory):
     from mmrec_gen.train.config import SFTTrainConfig
-    from mmrec_gen.train.item_trainer import run_item_sft
+    from mmrec_gen.train.item_rec_trainer import run_item_sft
 
     out = tmp_path_factory.mktemp("cf_items")
     run_item_sft(SFTTrainConfig(

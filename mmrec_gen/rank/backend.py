@@ -99,7 +99,7 @@ def backend_names() -> list[str]:
 
 
 def create_backend(
-    name: str, loaded_model, *, batch_size: int, progress: bool = True, item_tokens=None, config=None, **options
+    name: str, loaded_model, *, batch_size: int, progress: bool = True, config=None, **options
 ) -> RankBackend:
     """The backend `name` over `loaded_model`. `options` go to that backend only (vllm: adapter, max_lora_rank,
     max_model_len, kv_cache_memory_bytes; see rank/vllm_backend.py). `config`: the run's options, of which the
@@ -107,6 +107,4 @@ def create_backend(
     cls = BACKENDS.resolve(name)
     if config is not None:
         options = {k: getattr(config, k) for k in getattr(cls, "config_options", ()) if hasattr(config, k)} | options
-    if item_tokens is not None:
-        options["item_tokens"] = item_tokens
     return cls(loaded_model, batch_size=batch_size, progress=progress, **options)

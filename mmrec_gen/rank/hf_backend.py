@@ -53,11 +53,12 @@ def _multimodal_rope(model) -> bool:
 class HFBackend:
     name = "hf"
 
-    def __init__(self, loaded_model, *, batch_size: int = 8, progress: bool = True, item_tokens=None):
-        """`item_tokens`: a models.item_tokens.ItemTokens whose soft tokens replace the ITEM_TOKEN placeholders
-        (prompts then go in as `inputs_embeds`, the form vLLM takes as `prompt_embeds`)."""
+    def __init__(self, loaded_model, *, batch_size: int = 8, progress: bool = True):
+        """`loaded_model.model` may be an item-token recommender (models/item_rec.py): its prompts' ITEM_TOKEN
+        placeholders then get the items' soft tokens inside the model's forward, and `item_scores` reads its head."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        from mmrec_gen.models.item_rec import ItemRecForRanking
         from mmrec_gen.prompting.image_blocks import is_multimodal
         from mmrec_gen.prompting.sanitize import text_tokenizer
 
@@ -69,11 +70,7 @@ class HFBackend:
         self.progress = progress
         self.device = next(self.model.parameters()).device
         self.pad_id = self.tokenizer.pad_token_id
-        self.item_tokens = item_tokens.to(self.device).eval() if item_tokens is not None else None
-        if item_tokens is not None:
-            from mmrec_gen.prompting.item_slots import add_item_token
-
-            self.placeholder = add_item_token(self.tokenizer)
+        self.item_model = self.model if isinstance(self.model, ItemRecForRanking) else None
 
     # -- batching ---------------------------------------------------------------------------------------
     def _pad(self, prompts: Sequence[RenderedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +115,7 @@ class HFBackend:
         into, in order, and the processor's image tensors (pixel values, sizes, grids) come alongside."""
         from mmrec_gen.data.images import read_rendered_images
 
-        if self.item_tokens is not None:
+        if self.item_model is not None:
             raise ValueError("item tokens and image content blocks in one prompt are not supported")
         flat = read_rendered_images([path for p in batch for path in p.images])
         token = self.processor.image_token
@@ -158,21 +155,27 @@ class HFBackend:
         return {"input_ids": ids, "attention_mask": mask}
 
     def _inputs(self, batch: list[RenderedPrompt]) -> dict:
-        """Model inputs of a left-padded batch: token ids, or embeddings with item tokens placed at their slots."""
+        """Model inputs of a left-padded batch: token ids (with the catalogue rows of their item slots)."""
         if any(getattr(p, "images", None) for p in batch):
             return self._image_inputs(batch)
         ids, mask = self._pad(batch)
         # Explicit positions make a left-padded row compute exactly what it would alone (R10).
-        inputs = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-        if self.item_tokens is None:
-            return {"input_ids": ids, **inputs}
-        embeds = self.item_tokens.embed(
-            self.model.get_input_embeddings(), ids, [p.item_slots for p in batch], self.placeholder
-        )
-        return {"inputs_embeds": embeds, **inputs}
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        if self.item_model is not None:
+            inputs["item_indices"] = self._rows([p.item_slots for p in batch])
+        return inputs
+
+    def _rows(self, id_lists: Sequence[Sequence[str]]) -> torch.Tensor:
+        """(B, max length) catalogue rows of each list of item ids, padded with -1."""
+        width = max((len(ids) for ids in id_lists), default=0)
+        out = torch.full((len(id_lists), width), -1, dtype=torch.long)
+        for row, ids in enumerate(id_lists):
+            if ids:
+                out[row, : len(ids)] = self.item_model.item_rows(ids).cpu()
+        return out.to(self.device)
 
     def _no_item_tokens(self, what: str) -> None:
-        if self.item_tokens is not None:
+        if self.item_model is not None:
             raise ValueError(f"{what} is not supported with item tokens: use --mode score (or the items head)")
 
     # -- the primitives ---------------------------------------------------------------------------------
@@ -180,6 +183,8 @@ class HFBackend:
         index = torch.tensor(list(token_ids), device=self.device)
 
         def run(batch: list[RenderedPrompt]) -> list:
+            if self.item_model is not None:  # the labels head: the letters' logits at the answer position
+                return self.item_model(**self._inputs(batch), label_token_ids=index).item_scores.cpu().tolist()
             # logits_to_keep=1: only the last position goes through the LM head (not the whole vocabulary x length).
             out = self.model(**self._inputs(batch), logits_to_keep=1)
             return out.logits[:, -1, :].index_select(-1, index).float().cpu().tolist()
@@ -187,26 +192,21 @@ class HFBackend:
         return self._map(prompts, run, "score")
 
     def item_scores(self, prompts: Sequence[RenderedPrompt]) -> list:
-        """Per prompt: the item head's score of each of its candidate_ids, from the last position's state."""
-        if self.item_tokens is None:
-            raise ValueError("item scores need item tokens (an adapter trained with --head items)")
-        from mmrec_gen.models.item_tokens import decoder_and_head
-
-        decoder, _ = decoder_and_head(self.model)
+        """Per prompt: the item head's score of each of its candidate_ids, from the answer position's state."""
+        if self.item_model is None:
+            raise ValueError("item scores need an item-token model (an adapter trained with --head items)")
+        n_items = len(self.item_model.config.item_ids)
 
         def run(batch: list[RenderedPrompt]) -> list:
-            states = decoder(**self._inputs(batch), use_cache=False).last_hidden_state[:, -1, :]
-            n_items = len(self.item_tokens.item_ids)
-            if sum(len(p.candidate_ids) for p in batch) > n_items // 4:  # e.g. --num-candidates all
-                # Project the whole catalogue once per batch instead of each user's candidates one by one.
-                every = self.item_tokens.score(states)
-                return [every[row, self.item_tokens.indices(p.candidate_ids)].float().cpu().tolist()
+            inputs = self._inputs(batch)
+            sizes = [len(p.candidate_ids) for p in batch]
+            if sum(sizes) > n_items // 4:  # e.g. --num-candidates all: score the whole catalogue once per batch
+                every = self.item_model(**inputs).item_scores
+                return [every[row, self.item_model.item_rows(p.candidate_ids)].float().cpu().tolist()
                         for row, p in enumerate(batch)]  # fmt: skip
-            out = []
-            for row, p in enumerate(batch):
-                index = self.item_tokens.indices(p.candidate_ids)
-                out.append(self.item_tokens.score(states[row], index).float().cpu().tolist())
-            return out
+            candidates = self._rows([p.candidate_ids for p in batch]).clamp(min=0)  # padding columns are cut below
+            scores = self.item_model(**inputs, candidate_indices=candidates).item_scores.float().cpu()
+            return [scores[row, :size].tolist() for row, size in enumerate(sizes)]
 
         return self._map(prompts, run, "score")
 

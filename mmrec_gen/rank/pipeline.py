@@ -64,15 +64,15 @@ class RankPlan:
 
 def plan_rank(cfg: RankConfig) -> RankPlan:
     """Check the options against the adapter, load data, split and candidate file; no model is loaded here."""
-    from mmrec_gen.rank.item_rank import apply_adapter_options, item_token_config
+    from mmrec_gen.rank.item_rank import apply_adapter_options, check_item_model_data, item_token_config
 
-    # An item-token adapter fixes its head, template and prompt budgets: nothing else needs to be passed.
-    item_config = item_token_config(cfg.adapter)
+    # An item-token model fixes its head, template and prompt budgets: nothing else needs to be passed.
+    item_config = item_token_config(cfg)
     mode = cfg.mode
     if item_config:
         cfg = apply_adapter_options(cfg, item_config)
         if cfg.mode != "score" or cfg.shots:
-            raise ValueError(f"{cfg.adapter}: an item-token adapter ranks in score mode without shots")
+            raise ValueError(f"{item_config['folder']}: an item-token model ranks in score mode without shots")
         mode = "items" if item_config["head"] == "items" else "score"
     if cfg.all_candidates and mode != "items":
         raise ValueError(
@@ -81,6 +81,8 @@ def plan_rank(cfg: RankConfig) -> RankPlan:
             "generated answers need the candidates in the prompt, at most 26)"
         )
     inputs = inputs_for(cfg)
+    if item_config:
+        check_item_model_data(cfg, item_config, inputs.dataset)
     meta = run_meta(inputs, model=None, mode=cfg.mode, template=cfg.template, shots=cfg.shots)
     if item_config:
         meta = {**meta, "head": item_config["head"], "item_tokens": item_config["sources"]}
@@ -143,8 +145,10 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
     from mmrec_gen.rank.titles import normalize_title
 
     check_output_file(cfg.out)
-    if item_token_config(cfg.adapter):
-        raise ValueError(f"{cfg.adapter}: explanations with an item-token adapter are not supported yet")
+    if item_token_config(cfg):
+        raise ValueError(
+            f"{item_token_config(cfg)['folder']}: explanations with an item-token model are not supported yet"
+        )
     inputs = inputs_for(cfg)
     tasks = build_tasks(inputs, split=cfg.split, max_users=cfg.max_users)
     if cfg.ranking:
@@ -158,7 +162,7 @@ def run_explain(cfg: ExplainConfig, loaded_model=None) -> list[dict]:
                 f"{cfg.ranking} ranks candidate file(s) {sorted(map(str, hashes))}, but this run uses "
                 f"{inputs.candidate_file.path}: pass the same --split/--seed/--num-candidates (or --candidates)"
             )
-    loaded, _ = load_run_model(cfg, inputs, loaded_model)
+    loaded = load_run_model(cfg, inputs, loaded_model)
     backend = create_backend(cfg.backend, loaded, batch_size=cfg.batch_size, progress=cfg.progress, config=cfg)
     if not cfg.ranking:
         builder = PromptBuilder.from_options(loaded.tokenizer, "rank_listwise", cfg, 1)

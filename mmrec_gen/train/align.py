@@ -7,13 +7,17 @@ trained, by the cross-entropy of the caption tokens (the prompt is masked), so t
 features to where the LLM reads the item's text. Items without an image are not captioned: in stage (b) they get
 the learned "no image" vector (their count is logged).
 
+It is the item-token model (models/item_rec.py, the whole LLM, the image source only) trained by the same Trainer
+as SFT (`ItemRecTrainer`) with `projector_only` set: LLaVA's `tune_mm_mlp_adapter` flag, where only the projector
+is trainable and only the projector is saved, in checkpoints and at the end.
+
 Stage (b) is `mmrec train sft --item-tokens text,image --projector OUT`: the image projector starts from the aligned
 one (`load_aligned_projector`), after checking that it was aligned on the same image feature table (catalogue,
 images, encoder) and the same base model.
 
 The output folder holds `image_projector.safetensors`, `mmrec_align.json` (base model and its fingerprint, the
-image table's fingerprint, encoder, counts) and `train_summary.json`; checkpoints every `--save-steps` let a killed
-run resume (each step's items are drawn from (seed, step)), as the other trainers do.
+image table's fingerprint, encoder, counts) and `train_summary.json`; checkpoints every `--save-steps` (the projector's weights, the
+optimizer and the schedule: the Trainer's) let a killed run resume to the same projector.
 """
 
 from __future__ import annotations
@@ -27,19 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from mmrec_gen.data.loaders import load_dataset
 from mmrec_gen.data.schema import Item
-from mmrec_gen.data.seeding import derive_seed
 from mmrec_gen.models.adapters import base_fingerprint
-from mmrec_gen.models.item_tokens import ItemTokens
 from mmrec_gen.prompting.render import PromptBuilder, PromptTooLongError, RenderedPrompt
 from mmrec_gen.prompting.sanitize import neutralize, text_tokenizer
 from mmrec_gen.recsys.item_features import build_item_features
 from mmrec_gen.train.config import TrainConfig
-from mmrec_gen.train.item_trainer import ItemTokenLM, _fast_bf16, train_loop
 from mmrec_gen.train.projector import ALIGN_FILE, PREFIX, PROJECTOR_FILE
 
 logger = logging.getLogger(__name__)
@@ -122,32 +121,26 @@ def align_examples(cfg: AlignConfig, ds, item_ids, has_image, builder: PromptBui
     return examples
 
 
-class CaptionLM(ItemTokenLM):
-    """The frozen LLM reading a prompt whose item slot holds the image item token; only the image projector trains."""
-
-    def train(self, mode: bool = True):
-        """The LLM stays in eval mode (frozen: no dropout) while the projector trains."""
-        super().train(mode)
-        self.llm.eval()
-        return self
-
-    def loss(self, examples: list[AlignExample]) -> torch.Tensor:
-        rows = [e.prompt.input_ids + e.answer for e in examples]
-        hidden = self.hidden_of(rows, [e.prompt.item_slots for e in examples])
-        # Caption token t is predicted at position t - 1: the prompt's last position predicts the first one.
-        rows_idx, cols, targets = [], [], []
-        for r, e in enumerate(examples):
-            start = len(e.prompt.input_ids)
-            rows_idx += [r] * len(e.answer)
-            cols += list(range(start - 1, start - 1 + len(e.answer)))
-            targets += e.answer
-        states = hidden[torch.tensor(rows_idx), torch.tensor(cols)].float()
-        logits = self.lm_head(states.to(self.lm_head.weight.dtype)).float()
-        return nn.functional.cross_entropy(logits, torch.tensor(targets))
+def align_rows(examples: list[AlignExample], index: dict) -> list[dict]:
+    """Trainer rows: the prompt + caption tokens, the item's catalogue row at its slot, and the caption as labels
+    (the prompt masked with -100; labels line up with input_ids, the model shifts them)."""
+    return [
+        {
+            "input_ids": e.prompt.input_ids + e.answer,
+            "item_indices": [index[i] for i in e.prompt.item_slots],
+            "labels": [-100] * len(e.prompt.input_ids) + e.answer,
+        }
+        for e in examples
+    ]
 
 
-def run_align(cfg: AlignConfig, loaded=None) -> dict:
+def run_align(cfg: AlignConfig, loaded=None, callbacks=()) -> dict:
     """Align the image projector (see the module docstring); return the summary written to train_summary.json."""
+    from safetensors.torch import save_file
+
+    from mmrec_gen.models.item_rec import ItemRecForRanking, item_rec_config
+    from mmrec_gen.train.item_data import ItemRecCollator
+    from mmrec_gen.train.item_rec_trainer import ItemRecTrainer, ItemRun, item_training_args
     from mmrec_gen.train.trainers import SUMMARY_FILE, _cpu_seconds, check_resume, load_base
 
     started, cpu_started = time.time(), _cpu_seconds()
@@ -170,40 +163,51 @@ def run_align(cfg: AlignConfig, loaded=None) -> dict:
         "alignment: %d items with an image (%d without: they get the no-image vector in stage (b))",
         len(examples), int((~has_image).sum()),
     )  # fmt: skip
-
-    torch.manual_seed(derive_seed(cfg.seed, "align", "init"))
-    hidden_size = loaded.model.get_input_embeddings().weight.shape[1]
-    item_tokens = ItemTokens(features.item_ids, features.tables, hidden_size, has_image=has_image)
-    for p in loaded.model.parameters():
-        p.requires_grad_(False)
-    for name, p in item_tokens.named_parameters():
-        p.requires_grad_(name.startswith(PREFIX))  # the head and the no-image vector are stage (b)'s
-    autocast = loaded.dtype == "float32" and _fast_bf16()
-    model = CaptionLM(loaded.model, item_tokens, builder.item_token_id, tokenizer.pad_token_id, autocast)
-    steps, losses, _, loop_s = train_loop(
-        cfg, model, examples, lambda m, batch, soft: m.loss(batch), resume_from, "align"
+    fingerprint = base_fingerprint(loaded.model)  # of the base model as loaded (stage (b) checks it)
+    index = {item: k for k, item in enumerate(features.item_ids)}
+    config = item_rec_config(
+        loaded.model, item_ids=features.item_ids, tables=features.tables, item_token_id=builder.item_token_id,
+        base_model=loaded.name,
+    )  # fmt: skip
+    model = ItemRecForRanking.from_language_model(
+        loaded.model, config, tables=features.tables, has_image=has_image, seed=cfg.seed
     )
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("item_tokens." + PREFIX))  # the head and the no-image vector are stage (b)'s
+    run = ItemRun(ds, None, features, loaded, builder, index)
+    trainer = ItemRecTrainer(
+        model=model,
+        args=item_training_args(cfg, run),
+        train_dataset=align_rows(examples, index),
+        data_collator=ItemRecCollator(tokenizer.pad_token_id, builder.item_token_id),
+        callbacks=list(callbacks),
+        projector_only=True,
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
     out = Path(cfg.output_dir)
-
-    from safetensors.torch import save_file
-
-    state = {k: v for k, v in item_tokens.trainable_state().items() if k.startswith(PREFIX)}
+    state = {
+        k[len("item_tokens.") :]: v.detach().cpu().contiguous() for k, v in model.named_parameters() if v.requires_grad
+    }
     save_file(state, str(out / PROJECTOR_FILE))
     meta = {
-        "base_model": loaded.name, "base_fingerprint": base_fingerprint(loaded.model), "hidden_size": hidden_size,
-        "image_encoder": cfg.image_encoder, "image_fingerprint": item_tokens.fingerprints()["image"],
+        "base_model": loaded.name, "base_fingerprint": fingerprint, "hidden_size": config.hidden_size,
+        "image_encoder": cfg.image_encoder, "image_fingerprint": config.fingerprints["image"],
         "items": len(features.item_ids), "items_with_image": int(has_image.sum()), "data": str(cfg.data),
     }  # fmt: skip
     (out / ALIGN_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    trainer.state.save_to_json(str(out / "trainer_state.json"))
     for stale in out.glob("checkpoint-*"):
         shutil.rmtree(stale)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    runtime = next((h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), None)
     summary = {
         "kind": "align", "model": loaded.name, "examples": len(examples),
-        "items_without_image": int((~has_image).sum()), "steps": steps, "items_per_step": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
-        "first_loss": losses[0] if losses else None, "last_loss": float(np.mean(losses[-10:])) if losses else None,
-        "train_loop_s": round(loop_s, 1), "wall_s": round(time.time() - started, 1),
-        "cpu_s": round(_cpu_seconds() - cpu_started, 1), "resumed_from": resume_from, "losses": losses,
+        "items_without_image": int((~has_image).sum()), "steps": trainer.state.global_step,
+        "items_per_step": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
+        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+        "train_runtime_s": round(runtime, 1) if runtime else None, "wall_s": round(time.time() - started, 1),
+        "cpu_s": round(_cpu_seconds() - cpu_started, 1), "resumed_from": resume_from,
     }  # fmt: skip
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     logger.info("aligned image projector saved to %s", out)
-    return {k: v for k, v in summary.items() if k != "losses"}
+    return summary

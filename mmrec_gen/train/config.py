@@ -77,6 +77,13 @@ class TrainConfig(PromptArguments, ModelArguments, DataArguments, TrainingArgume
             "--output-dir (LLaVA's stage 1); refused if aligned on other images or another base model."
         },
     )
+    eval_max_users: int | None = field(
+        default=None,
+        metadata={
+            "help": "Item-token runs with --eval-strategy steps|epoch: evaluate on the first N users of the valid "
+            "split's candidate file (default all)."
+        },
+    )
     split: str = field(
         default="test",
         metadata={

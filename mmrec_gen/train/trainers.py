@@ -420,7 +420,7 @@ def run_sft(cfg: TrainConfig, loaded: LoadedModel | None = None, callbacks=()) -
     """Train (or resume) an SFT adapter; returns the summary written to train_summary.json. Raises RunFinished
     when --output-dir already holds this finished run."""
     if cfg.uses_item_tokens:
-        raise ValueError("item-token runs train with train.item_trainer.run_item_sft (`mmrec train sft` picks it)")
+        raise ValueError("item-token runs train with train.item_rec_trainer.run_item_sft (`mmrec train sft` picks it)")
     return _train("sft", cfg, loaded, callbacks, _sft_trainer)
 
 
