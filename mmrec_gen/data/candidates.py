@@ -42,7 +42,7 @@ _HEADER_KEYS = ("format", "version", "dataset", "split", "seed", "num_candidates
 
 
 def _canonical(obj: dict) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _row_dict(row: CandidateRow) -> dict:

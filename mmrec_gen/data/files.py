@@ -79,6 +79,21 @@ def atomic_write(path: str | os.PathLike[str], *, binary: bool = False) -> Itera
             os.unlink(tmp)
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number (a NaN or infinite value was written into the file)")
+
+
+def loads_json(text: str | bytes):
+    """`json.loads` that refuses NaN, Infinity and -Infinity (Python writes and reads them; JSON has no such
+    numbers, and a NaN score would be evaluated as if it ranked something)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def dumps_json(obj, **kwargs) -> str:
+    """`json.dumps` that raises ValueError on NaN or an infinity instead of writing them (`allow_nan=False`)."""
+    return json.dumps(obj, allow_nan=False, **kwargs)
+
+
 class JSONLineError(ValueError):
     """A line of a JSONL file that is not a JSON object; callers turn it into their format's own message."""
 
@@ -100,10 +115,10 @@ def iter_jsonl(path: str | os.PathLike[str], *, encoding: str = "utf-8") -> Iter
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = loads_json(line)
             except json.JSONDecodeError as exc:
                 raise JSONLineError(path, line_no, exc.msg, True, column=exc.colno) from exc
-            except ValueError as exc:  # e.g. an integer of more than 4300 digits (Python's int-parsing limit)
+            except ValueError as exc:  # NaN / Infinity, or an integer of more than 4300 digits (Python's limit)
                 raise JSONLineError(path, line_no, f"{str(exc)[:120]}", True) from None
             if not isinstance(obj, dict):
                 raise JSONLineError(path, line_no, "not a JSON object", False, type(obj).__name__)

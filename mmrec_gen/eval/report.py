@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,15 @@ def file_row_problem(row: dict[str, Any]) -> str | None:
     if missing:
         what = "'meta' is missing" if not isinstance(meta, dict) else f"'meta' lacks {', '.join(missing)}"
         return f"{what}; every row carries its run's protocol ({', '.join(_SHARED_KEYS)}): re-run the command"
+    scores = row.get("scores")
+    if scores is not None and (
+        not isinstance(scores, list)
+        or any(isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s) for s in scores)
+    ):
+        return (
+            f"'scores' must be a list of finite numbers, got {str(scores)[:80]}; a NaN or infinite score ranks "
+            "nothing: re-run the command that wrote the file (non-finite scores now make an error row)"
+        )
     return row_problem(row)
 
 

@@ -33,7 +33,7 @@ def shard_name(index: int) -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     with atomic_write(path) as fh:
-        fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        fh.write(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 class ShardStore:
