@@ -181,7 +181,13 @@ def iter_result_dir(folder: str | os.PathLike[str]) -> Iterator[tuple[str, dict[
         path = folder / shard["file"]
         if not path.exists():
             raise ValueError(f"{path}: listed in {folder / MANIFEST} but missing; rerun the batch-rank command")
-        rows = read_results_parquet(path)
+        try:
+            rows = read_results_parquet(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(
+                f"{path}: cannot read this shard ({type(exc).__name__}: {str(exc)[:160]}); delete it and rerun the "
+                "`mmrec batch-rank` command: it ranks that shard's users again"
+            ) from None
         if len(rows) != shard["rows"]:
             raise ValueError(f"{path}: {len(rows)} rows, the manifest says {shard['rows']}; rerun the job")
         for n, row in enumerate(rows, start=1):
