@@ -94,6 +94,11 @@ def dumps_json(obj, **kwargs) -> str:
     return json.dumps(obj, allow_nan=False, **kwargs)
 
 
+# A JSONL record longer than this is refused before it is parsed: a JSON array saved as .jsonl, or a file that is
+# not JSONL at all, would otherwise be read into memory (and parsed) as one multi-gigabyte line.
+MAX_JSONL_LINE_CHARS = 1 << 24
+
+
 class JSONLineError(ValueError):
     """A line of a JSONL file that is not a JSON object; callers turn it into their format's own message."""
 
@@ -106,12 +111,19 @@ class JSONLineError(ValueError):
 
 
 def iter_jsonl(path: str | os.PathLike[str], *, encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
-    """(1-based line number, object) for every non-blank line; raises JSONLineError on the first bad line."""
+    """(1-based line number, object) for every non-blank line; raises JSONLineError on the first bad line, or on a
+    line longer than MAX_JSONL_LINE_CHARS (without reading the rest of it)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a JSONL file; pass the file itself (e.g. {path}/NAME.jsonl)")
+    limit = MAX_JSONL_LINE_CHARS
     with path.open(encoding=encoding) as fh:
-        for line_no, line in enumerate(fh, start=1):
+        for line_no, line in enumerate(iter(lambda: fh.readline(limit + 1), ""), start=1):
+            if len(line) > limit and not line.endswith("\n"):
+                raise JSONLineError(
+                    path, line_no, f"a line of more than {limit:,} characters: JSONL holds one record per line "
+                    "(a JSON array or another format?)", True,
+                )  # fmt: skip
             if not line.strip():
                 continue
             try:
