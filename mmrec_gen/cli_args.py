@@ -35,18 +35,13 @@ def finite_float(text: str) -> float:
     return value
 
 
-def yaml_option_lines(path: str) -> dict[str, int]:
-    """{key: 1-based line} of a YAML config file's top-level keys (the file is read by `load_yaml_options` first)."""
-    import yaml
-
-    node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    if not isinstance(node, yaml.MappingNode):
-        return {}
-    return {str(k.value): k.start_mark.line + 1 for k, _ in reversed(node.value)}  # a repeated key: its first line
-
-
 def load_yaml_options(path: str, fields: Sequence[str] | None = None) -> dict:
     """The option: value mapping of a YAML config file, with every key checked against `fields` (when given)."""
+    return _read_yaml(path, fields)[0]
+
+
+def _read_yaml(path: str, fields: Sequence[str] | None) -> tuple[dict, dict[str, int]]:
+    """(option: value mapping, {key: 1-based line}) of a YAML config file (see `load_yaml_options`)."""
     import yaml
 
     try:
@@ -77,7 +72,7 @@ def load_yaml_options(path: str, fields: Sequence[str] | None = None) -> dict:
             raise ValueError(f"{where}: unknown option {key!r}; see --help for the options (spelled out in full)")
         if value is None:
             raise ValueError(f"{where}: option {key!r} has no value; give one or remove the line")
-    return data
+    return data, first
 
 
 def _flag_text(value) -> str:
@@ -85,11 +80,10 @@ def _flag_text(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def check_yaml_values(path: str, options: dict, actions: dict[str, argparse.Action]) -> None:
+def check_yaml_values(path: str, options: dict, lines: dict[str, int], actions: dict[str, argparse.Action]) -> None:
     """Raise ValueError naming the file, line and key of the first YAML value its option would refuse: a list for a
     one-value option, or a value the option's type or choices refuse (so the message points into the file, not
-    at a flag the user never typed)."""
-    lines = yaml_option_lines(path)
+    at a flag the user never typed). `lines`: {key: line} as `_read_yaml` gives it."""
     for key, value in options.items():
         action = actions.get(str(key).replace("-", "_"))
         if action is None:
@@ -114,8 +108,12 @@ def check_yaml_values(path: str, options: dict, actions: dict[str, argparse.Acti
 
 def yaml_to_argv(path: str, fields: Sequence[str] | None = None) -> list[str]:
     """Turn a flat YAML mapping into flags placed BEFORE the real flags, so command-line values win."""
+    return _options_to_argv(load_yaml_options(path, fields))
+
+
+def _options_to_argv(options: dict) -> list[str]:
     argv: list[str] = []
-    for key, value in load_yaml_options(path, fields).items():
+    for key, value in options.items():
         flag = f"--{key}"
         argv += [flag, *map(_flag_text, value)] if isinstance(value, list) else [flag, _flag_text(value)]
     return argv
@@ -157,8 +155,9 @@ def make_parser(config_cls, prog: str, description: str):
             if config is not None:
                 fields = [f.name for f in dataclasses.fields(config_cls)]
                 try:
-                    check_yaml_values(config, load_yaml_options(config, fields), {a.dest: a for a in self._actions})
-                    argv = yaml_to_argv(config, fields) + argv
+                    options, lines = _read_yaml(config, fields)
+                    check_yaml_values(config, options, lines, {a.dest: a for a in self._actions})
+                    argv = _options_to_argv(options) + argv
                 except ValueError as exc:
                     self.error(str(exc))
             try:
