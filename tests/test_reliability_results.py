@@ -120,3 +120,21 @@ def test_evaluate_refuses_non_finite_scores_in_a_batch_folder(tmp_path, capsys):
     assert main(["evaluate", str(folder)]) == 1
     err = capsys.readouterr().err
     assert "shard-00000.parquet row 2: 'scores' must be a list of finite numbers" in err
+
+
+def test_explanations_from_a_model_computing_nan_are_error_rows(synth_dir, tmp_path, tiny_model, broken_models):
+    """The grounded explanation picks the cited title by option log-probabilities: NaN ones pick nothing."""
+    from mmrec_gen.rank.pipeline import run_explain
+    from mmrec_gen.rank.rank_config import ExplainConfig
+
+    common = dict(data=str(synth_dir), model="tiny-llama", num_candidates=5, max_users=3, progress=False,
+                  cache_dir=str(tmp_path / "cands"))  # fmt: skip
+    ranked = tmp_path / "ranked.jsonl"
+    run_rank(RankConfig(out=str(ranked), **common), loaded_model=tiny_model)  # a sound ranking to explain
+    out = tmp_path / "why.jsonl"
+    cfg = ExplainConfig(out=str(out), ranking=str(ranked), max_new_tokens=8, **common)
+    rows = run_explain(cfg, loaded_model=broken_models["labels"])
+    assert len(rows) == 3
+    for row in rows:
+        assert row["explanation"] is None and "non-finite option scores (nan)" in row["error"]
+    assert [r["user_id"] for r in _strict_lines(out)] == [r["user_id"] for r in rows]
