@@ -121,10 +121,10 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
         keys = ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr", "valid_ratio", "n_users", "candidates_hash")
         for f, res in by_file.items():
             if f in explained:  # exactly the explanation metrics' keys
-                print(json.dumps({k: res[k] for k in JSON_KEYS}, ensure_ascii=False))
+                print(json.dumps({k: res[k] for k in JSON_KEYS}, ensure_ascii=False, allow_nan=False))
                 continue
             extra = {k: v for k, v in res.items() if k not in keys and k != "meta" and not isinstance(v, dict)}
-            print(json.dumps({**{k: res[k] for k in keys}, **extra}, ensure_ascii=False))
+            print(json.dumps({**{k: res[k] for k in keys}, **extra}, ensure_ascii=False, allow_nan=False))
     else:
         tables = ([format_table(results)] if results else []) + (
             [format_explanation_table(explain_results)] if explain_results else []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mmrec_gen.cli_args import parse_config, yaml_to_argv
@@ -97,3 +99,85 @@ def test_train_configs_extend_trl_and_take_every_training_option():
     # The resume check compares what a run computes: logging and reporting options are not part of it.
     assert dpo.fingerprint()["beta"] == 0.3 and "report_to" not in sft.fingerprint()
     assert sft.fingerprint()["lr_scheduler_type"] == "cosine" and "beta" not in sft.fingerprint()
+
+
+# -- issue 23: non-finite numbers, lists for one value, impossible counts: refused when the options are parsed --
+
+
+@pytest.mark.parametrize(
+    ("command", "flags", "flag"),
+    [
+        ("sft", ["--lora-dropout", "nan"], "--lora-dropout"),
+        ("dpo", ["--beta", "nan"], "--beta"),
+        ("sft", ["--learning-rate", "inf"], "--learning-rate"),
+        ("dpo", ["--loss-weights", "1", "inf"], "--loss-weights"),
+        ("sft", ["--max-grad-norm=-inf"], "--max-grad-norm"),
+    ],
+)
+def test_non_finite_float_flags_are_refused_before_any_model_loads(tmp_path, capsys, command, flags, flag):
+    from mmrec_gen.cli import main
+
+    # The data folder does not exist: a run that got past the options would fail on it (exit 1), not exit 2 here.
+    argv = ["train", command, "--data", str(tmp_path / "no-data"), "--output-dir", str(tmp_path / "o"), *flags]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"argument (--\w+/)?{flag}: '-?(nan|inf)' is not a finite number", err)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan", "Infinity"])
+def test_non_finite_float_in_yaml_is_refused_naming_file_line_and_key(tmp_path, capsys, value):
+    from mmrec_gen.train.config import SFTTrainConfig
+
+    cfg_file = tmp_path / "sft.yaml"
+    cfg_file.write_text(f"data: /d\noutput_dir: o\n\nlearning_rate: {value}\n")
+    with pytest.raises(SystemExit):
+        parse_config(SFTTrainConfig, ["--config", str(cfg_file)], "mmrec train sft", "")
+    err = capsys.readouterr().err
+    assert f"{cfg_file}:4: option 'learning_rate'" in err and "not a finite number" in err
+
+
+@pytest.mark.parametrize("value", ["[5, 10]", "[7]", "\n  - 7"])
+def test_yaml_list_for_a_one_value_option_is_refused_with_file_and_line(tmp_path, capsys, value):
+    with pytest.raises(SystemExit):
+        _parse_with_yaml(tmp_path, f"data: /d\nout: o\nnum_candidates: {value}\n")
+    err = capsys.readouterr().err
+    assert "rank.yaml:3: option 'num_candidates' takes one value, got a list" in err
+
+
+def test_yaml_value_of_the_wrong_type_names_file_and_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _parse_with_yaml(tmp_path, "data: /d\nout: o\nbatch_size: many\n")
+    assert "rank.yaml:3: option 'batch_size'" in capsys.readouterr().err
+
+
+def test_yaml_key_given_twice_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _parse_with_yaml(tmp_path, "data: /d\nout: o\nshots: 1\nshots: 2\n")
+    assert "rank.yaml:4: option 'shots' is given twice (first on line 3)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-candidates", "0"], "--num-candidates takes a number >= 2 or all, got '0'"),
+        (["--num-candidates", "-3"], "--num-candidates takes a number >= 2 or all, got '-3'"),
+        (["--mode", "generate", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+    ],
+)
+def test_impossible_counts_are_refused_at_parse_time(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(RankConfig, ["--data", "d", "--out", "o", *flags], "mmrec rank", "")
+    assert message in capsys.readouterr().err
+
+
+def test_num_candidates_zero_in_yaml_is_refused_and_all_still_works(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _parse_with_yaml(tmp_path, "data: /d\nout: o\nnum_candidates: 0\n")
+    assert (
+        "rank.yaml:3: option 'num_candidates': --num-candidates takes a number >= 2 or all" in capsys.readouterr().err
+    )
+    cfg = _parse_with_yaml(tmp_path, "data: /d\nout: o\nnum_candidates: all\n")
+    assert cfg.all_candidates

@@ -187,3 +187,37 @@ def test_edited_file_is_detected(tmp_path: Path, toy_dataset) -> None:
         load_candidate_file(path)
     path.write_text(original)
     assert load_candidate_file(path).rows == cf.rows
+
+
+# ---- a user who has interacted with every item (issue 23) -----------------------------------------------------
+
+
+def test_a_user_with_every_item_gets_a_message_that_says_what_works(toy_dataset) -> None:
+    """No --num-candidates works for such a user (1 is refused): the message says so and gives the fixes."""
+    ds = toy_dataset({"1": [1, 2, 3], "2": list(range(1, NUM_ITEMS + 1))})
+    with pytest.raises(DataFormatError) as exc:
+        build_candidate_rows(ds, split_dataset(ds), "test", seed=0)
+    message = str(exc.value)
+    assert "user 2 has interacted with all 60 items, so no negative can be drawn for it" in message
+    assert "at most 1" not in message and "remove user 2's interactions" in message
+    assert "--num-candidates all ranks the whole catalogue without this user" in message
+
+
+def test_whole_catalogue_excludes_a_user_with_no_negative_and_counts_it(toy_dataset, caplog) -> None:
+    """It would get `catalogue_size: 1, target_rank: 1` and count as a hit (on the probe data the whole HR@1)."""
+    from mmrec_gen.data.candidates import all_item_candidates
+    from mmrec_gen.data.inputs import RunInputs, run_meta
+
+    ds = toy_dataset({"1": [1, 2, 3], "2": list(range(1, NUM_ITEMS + 1)), "3": [4, 5, 6, 7]})
+    split_result = split_dataset(ds)
+    cand = all_item_candidates(ds, split_result, "test", 0)
+    assert [r.user_id for r in cand.rows] == ["1", "3"]
+    assert all(len(r.candidates) >= 2 for r in cand.rows)
+    assert list(cand.excluded) == ["2"] and "interacted with all 60 items" in cand.excluded["2"]
+    assert "whole catalogue: 1 of 3 users excluded" in caplog.text and "2" in caplog.text
+    meta = run_meta(RunInputs(ds, split_result, cand), model="m", mode="items", template="t", shots=0)
+    assert meta["excluded_users"] == 1 and meta["candidates"] == "all"
+
+    only = toy_dataset({"2": list(range(1, NUM_ITEMS + 1))})
+    with pytest.raises(DataFormatError, match=r"every user of the test split has interacted with every item"):
+        all_item_candidates(only, split_dataset(only), "test", 0)

@@ -174,3 +174,26 @@ def test_evaluate_a_folder_is_a_one_line_error(tmp_path, capsys):
         err
         == f"mmrec evaluate: error: {tmp_path} is a folder, not a JSONL file; pass the file itself (e.g. {tmp_path}/NAME.jsonl)\n"
     )
+
+
+def test_runs_on_different_users_of_one_candidate_file_are_flagged(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_results(a, make_rows(META, [1, 2, 3]))
+    write_results(b, make_rows(META, [1, 2, 3, 1])[1:])  # u1, u2, u3: another subset of the same file
+    table = format_table([evaluate_file(a), evaluate_file(b)])
+    assert table.splitlines()[0] == "protocol: dataset=ml-latest-small split=test candidates=3f2a9c1b0d4e seed=0"
+    assert (
+        "WARNING: these files rank different users of one candidate file (a.jsonl: 3 users, b.jsonl: 3 users); "
+        "their numbers are not comparable: rank the same users (--max-users / --users)"
+    ) in table
+    write_results(b, make_rows(META, [2, 2, 2]))
+    assert "WARNING" not in format_table([evaluate_file(a), evaluate_file(b)])
+
+
+def test_rows_of_different_runs_under_one_hash_are_refused(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    rows = make_rows(META, [1, 2, 3])
+    rows[2] = {**rows[2], "meta": {**META, "seed": 1}}
+    write_results(path, rows)
+    with pytest.raises(ValueError, match=r"mixed.jsonl:3: meta.seed is 1, line 1's is 0: the file mixes rows of "):
+        evaluate_file(path)

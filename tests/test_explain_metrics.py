@@ -116,3 +116,30 @@ def test_a_ranking_row_in_an_explanation_file_is_refused_by_line(tmp_path):
     write_results(path, rows)
     with pytest.raises(ValueError, match=r"mixed.jsonl:2: not an explanation row"):
         evaluate_explanation_file(path)
+
+
+# -- issue 23: one schema, types included, for explanation rows in `mmrec evaluate` and `mmrec report` --
+
+BAD_FIELDS = [
+    ("explanation", 123, "'explanation' must be text or null, got int '123'"),
+    ("explanation", ["Because", "you"], "'explanation' must be text or null, got list"),
+    ("hallucinated_titles", "Zorro", "'hallucinated_titles' must be a list of titles or null, got str 'Zorro'"),
+    ("cited_history", "Heat (1995)", "'cited_history' must be a list of titles or null, got str"),
+    ("evidence", ["Heat"], '\'evidence\' must be a list of {"item_id", "title"} objects or null'),
+    ("cites_history", "yes", "'cites_history' must be true or false or null"),
+    ("user_id", ["a"], "'user_id' must be a user id"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BAD_FIELDS)
+def test_evaluate_refuses_a_malformed_explanation_row_naming_file_line_and_field(
+    tmp_path, capsys, field, value, message
+):
+    """A title list given as one string was read character by character (hallucinated rate 0.0 -> 0.2, evidence
+    precision 1.0 -> 0.4, exit 0); an explanation that is not text crashed `mmrec report`."""
+    rows = fixture_rows()
+    rows[1][field] = value
+    path = tmp_path / "why.jsonl"
+    write_results(path, rows)
+    assert main(["evaluate", str(path)]) == 1
+    assert f"{path}:2: {message}" in capsys.readouterr().err

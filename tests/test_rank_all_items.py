@@ -144,3 +144,30 @@ def test_baselines_rank_the_whole_catalogue_like_their_sampled_lists(synth_dir, 
         small = by_user[row["user_id"]]  # the same model, so the same order on the sampled candidates
         assert [i for i in row["ranking"] if i in set(small["candidates"])] == small["ranking"]
     assert main(["evaluate", str(whole), "--json"]) == 0
+
+
+def test_a_user_who_has_seen_every_item_is_excluded_from_the_whole_catalogue_and_counted(synth_dir, tmp_path, caplog):
+    """Issue 23: such a user got `catalogue_size: 1, target_rank: 1` and counted as a hit, with no warning."""
+    import shutil
+
+    from mmrec_gen.cli import main
+    from mmrec_gen.data.results import read_results
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    items = [json.loads(line)["item_id"] for line in (data / "items.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (data / "interactions.jsonl").read_text().splitlines()]
+    seen = {e["item_id"] for e in events if e["user_id"] == "u0002"}
+    first = min(e["timestamp"] for e in events if e["user_id"] == "u0002")
+    extra = [{"user_id": "u0002", "item_id": i, "timestamp": first - 1 - n, "rating": 3}
+             for n, i in enumerate(i for i in items if i not in seen)]  # fmt: skip
+    (data / "interactions.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events + extra))
+
+    out = tmp_path / "all.jsonl"
+    argv = ["baseline", "pop", "--data", str(data), "--max-users", "4", "--num-candidates", "all", "--out", str(out)]
+    assert main(argv) == 0
+    rows = read_results(out)
+    assert "u0002" not in {r["user_id"] for r in rows} and len(rows) == 4
+    assert all(r["catalogue_size"] > 1 and r["meta"]["excluded_users"] == 1 for r in rows)
+    assert "whole catalogue: 1 of 40 users excluded, having interacted with every item" in caplog.text
+    assert "u0002" in caplog.text

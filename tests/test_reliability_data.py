@@ -189,3 +189,63 @@ def test_generic_items_with_line_breaks_load_and_render_on_one_line(tmp_path, to
     prompt = builder.explain("u", [HistoryEntry(ds.items["a"], None)], ds.items["a"])
     assert "Up Ignore all" in prompt.prompt_text
     assert not any(line.startswith("Ignore all") for line in prompt.prompt_text.splitlines())
+
+
+# ------------------------------------------------------------------------------------------ issue 23, item 9
+
+
+def _generic(root: Path, items: list[dict], events: list[dict]) -> Path:
+    root.mkdir(parents=True)
+    (root / "items.jsonl").write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items))
+    (root / "interactions.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return root
+
+
+EVENTS = [{"user_id": "u", "item_id": str(i), "timestamp": 10 + i, "rating": 4} for i in (1, 2, 3)]
+ITEMS = [{"item_id": str(i), "title": f"Title {i}"} for i in (1, 2, 3)]
+INVISIBLE = " \u200b\u200d\u2060\ufeff\u00a0\u3000 "  # spaces and zero-width characters: nothing to show
+
+
+def test_a_title_of_spaces_and_zero_width_characters_is_empty(tmp_path):
+    items = [*ITEMS[:2], {"item_id": "3", "title": INVISIBLE}]
+    message = _error(_generic(tmp_path / "g", items, EVENTS))
+    assert message.startswith(f"{tmp_path / 'g' / 'items.jsonl'}: line 3 (item 3), column 'title' has ")
+    assert "expected a title with visible characters" in message
+    data = _ml_latest(tmp_path / "m", movies=MOVIES.replace("C (2001)", INVISIBLE))
+    message = _error(data)
+    assert message.startswith(f"{data / 'movies.csv'}: line 4 (item 3), column 'title' has no visible character")
+
+
+@pytest.mark.parametrize("rating", ["-3", "1e308", "6", "inf"])
+def test_movielens_ratings_outside_the_scale_are_refused(tmp_path, rating):
+    data = _ml_latest(tmp_path / "d", RATINGS.replace("1,2,3.0,11", f"1,2,{rating},11"))
+    message = _error(data)
+    assert message.startswith(f"{data / 'ratings.csv'}: line 3, column 'rating' has ")
+    assert "expected a rating from 0.5 to 5 (the MovieLens scale)" in message or "expected a number" in message
+
+
+def test_generic_ratings_are_refused_when_implausible_and_reported_when_negative(tmp_path, caplog):
+    events = [{**EVENTS[0], "rating": 1e308}, *EVENTS[1:]]
+    message = _error(_generic(tmp_path / "huge", ITEMS, events))
+    assert message.startswith(f"{tmp_path / 'huge' / 'interactions.jsonl'}: line 1, column 'rating' has ")
+    assert "expected a rating between -1000 and 1000" in message
+    events = [{**EVENTS[0], "rating": -3}, *EVENTS[1:]]
+    ds = load_dataset(_generic(tmp_path / "neg", ITEMS, events))
+    assert ds.interactions["rating"].min() == -3
+    assert "ratings range from -3 to 4 (1 negative)" in caplog.text
+
+
+def test_a_jsonl_line_over_the_length_guard_is_refused_naming_file_and_line(tmp_path, monkeypatch):
+    """A multi-gigabyte single-line file (a JSON array saved as .jsonl) was read into memory as one line."""
+    from mmrec_gen.data import files
+    from mmrec_gen.data.results import read_results
+
+    path = tmp_path / "one_line.jsonl"
+    path.write_text('{"user_id": "a"}\n' + json.dumps([{"user_id": str(i)} for i in range(2000)]) + "\n")
+    assert files.MAX_JSONL_LINE_CHARS >= 1 << 24  # the default guard: 16M characters per record
+    monkeypatch.setattr(files, "MAX_JSONL_LINE_CHARS", 10_000)
+    with pytest.raises(ValueError, match=r"one_line.jsonl:2: not valid JSON \(a line of more than 10,000 char"):
+        read_results(path)
+    items = _generic(tmp_path / "g", ITEMS, EVENTS) / "items.jsonl"
+    items.write_text(json.dumps({"item_id": "1", "title": "T" * 20_000}) + "\n")
+    assert "items.jsonl: line 1 is not valid JSON (a line of more than 10,000 characters" in _error(tmp_path / "g")

@@ -163,3 +163,59 @@ def test_report_renders_in_headless_chromium(report_inputs, tmp_path):
     broken = tmp_path / "broken.html"
     broken.write_text(f'<html><body><img src="data:image/png;base64,AAAA">{_CHECK}</body></html>', encoding="utf-8")
     assert re.search(r'data-imgs-broken="(\d+)"', _dom(binary, broken)).group(1) == "1"
+
+
+# -- issue 23: malformed or foreign explanation files, and huge titles --
+
+
+def _report(inputs, tmp_path, explanations, data=None) -> int:
+    return main(["report", *map(str, inputs["runs"]), "--data", str(data or inputs["data"]), "--out",
+                 str(tmp_path / "r.html"), "--explanations", str(explanations), "--users", "3"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("explanation", 123, "'explanation' must be text or null, got int '123'"),
+        ("explanation", ["Because", "you"], "'explanation' must be text or null, got list"),
+        ("cited_history", "Heat (1995)", "'cited_history' must be a list of titles or null, got str"),
+    ],
+)
+def test_a_malformed_explanation_row_is_named_not_a_traceback(report_inputs, tmp_path, capsys, field, value, message):
+    rows = read_results(report_inputs["explanations"])
+    rows[1][field] = value
+    bad = tmp_path / "why.jsonl"
+    write_results(bad, rows)
+    assert _report(report_inputs, tmp_path, bad) == 1
+    assert f"mmrec report: error: {bad}:2: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_explanations_of_another_dataset_are_refused_and_another_seed_warned(report_inputs, tmp_path, capsys, caplog):
+    rows = read_results(report_inputs["explanations"])
+    other = tmp_path / "other.jsonl"
+    write_results(other, [{**r, "meta": {**r["meta"], "dataset": "ml-latest-small"}} for r in rows])
+    assert _report(report_inputs, tmp_path, other) == 1
+    err = capsys.readouterr().err
+    assert f"--explanations {other} explains dataset 'ml-latest-small', the runs rank '" in err
+
+    reseeded = tmp_path / "seed7.jsonl"
+    write_results(reseeded, [{**r, "meta": {**r["meta"], "seed": 7}} for r in rows])
+    assert _report(report_inputs, tmp_path, reseeded) == 0
+    assert f"--explanations {reseeded} was made under another protocol than the runs (seed 7 vs 0)" in caplog.text
+
+
+def test_huge_titles_are_cut_as_prompts_cut_them(report_inputs, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(report_inputs["data"], data)
+    first = read_results(report_inputs["runs"][0])[0]
+    long_item = first["ranking"][0]
+    items = [json.loads(line) for line in (data / "items.jsonl").read_text().splitlines()]
+    for item in items:
+        if item["item_id"] == long_item:
+            item["title"] = "Z" * 100_000
+    (data / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    assert _report(report_inputs, tmp_path, report_inputs["explanations"], data=data) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "Z" * 300 not in html and html.count("Z" * 299 + "…") >= 4  # tooltip, alt, caption: each cut
+    assert len(html) < 1_000_000

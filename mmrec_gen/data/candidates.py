@@ -42,7 +42,7 @@ _HEADER_KEYS = ("format", "version", "dataset", "split", "seed", "num_candidates
 
 
 def _canonical(obj: dict) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _row_dict(row: CandidateRow) -> dict:
@@ -96,6 +96,13 @@ def build_candidate_rows(
             )
         excluded = np.array(sorted(position[i] for i in user.all_item_ids if i in position), dtype=np.int64)
         allowed = len(universe) - len(excluded)
+        if allowed == 0:  # lowering --num-candidates cannot help: 2 is the least it takes
+            raise DataFormatError(
+                f"dataset {ds.name}: user {user_id} has interacted with all {len(universe)} items, so no negative "
+                f"can be drawn for it and no candidate list ranks anything. Fix: remove user {user_id}'s "
+                "interactions from the data (or add items it has not seen); --num-candidates all ranks the whole "
+                "catalogue without this user (it is excluded there, and counted)."
+            )
         if allowed < num_candidates - 1:
             raise DataFormatError(
                 f"dataset {ds.name}: user {user_id} has interacted with {len(excluded)} of {len(universe)} items, "
@@ -198,14 +205,32 @@ def all_item_candidates(ds: Dataset, split_result: SplitResult, split: str, seed
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     universe = sorted(ds.items, key=id_sort_key)
-    rows = []
+    rows, excluded = [], {}
     for user_id, user in split_result.users.items():
         _, target = user.history_and_target(split)
         seen = set(user.all_item_ids) - {target.item_id}
-        rows.append(CandidateRow(user_id, tuple(i for i in universe if i not in seen), target.item_id))
+        candidates = tuple(i for i in universe if i not in seen)
+        if len(candidates) < 2:  # only the held-out item: rank 1 of 1, a "hit" that measures nothing
+            excluded[user_id] = (
+                f"user {user_id} has interacted with all {len(universe)} items: no negative to rank the held-out "
+                "item against"
+            )
+            continue
+        rows.append(CandidateRow(user_id, candidates, target.item_id))
+    if excluded:
+        logger.warning(
+            "whole catalogue: %d of %d users excluded, having interacted with every item (nothing to rank the "
+            "held-out item against; each would count as a hit at rank 1 of 1): %s",
+            len(excluded), len(split_result.users), ", ".join(list(excluded)[:5]) + (" ..." if len(excluded) > 5 else ""),
+        )  # fmt: skip
+    if not rows:
+        raise DataFormatError(
+            f"dataset {ds.name}: every user of the {split} split has interacted with every item, so the whole "
+            "catalogue leaves nothing to rank. Fix: add items, or check that the items file is the full catalogue."
+        )
     digest = hashlib.sha256("\n".join([ds.name, split, *universe]).encode("utf-8")).hexdigest()
     name = f"all-items-{_safe_name(ds.name)}-{split}-{digest[:12]}"
-    return CandidateFile(name, digest, ds.name, split, seed, 0, rows)
+    return CandidateFile(name, digest, ds.name, split, seed, 0, rows, excluded)
 
 
 def get_or_create_candidates(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,12 @@ def show_value(value: object, limit: int = 40) -> str:
     """repr(value), cut to `limit` characters with its length, so an error message never prints a huge field."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
+
+def has_visible_text(text: object) -> bool:
+    """True when `text` is a string with a character that shows: not only spaces (Unicode Z*), control and format
+    characters (Cc, Cf: zero-width spaces and joiners, byte-order marks, bidi marks), which `str.strip` keeps."""
+    return isinstance(text, str) and any(unicodedata.category(c)[0] not in "ZC" for c in text)
 
 
 def canonical_integer(text: str) -> str:
@@ -130,8 +137,11 @@ def parse_ids(table: RawTable, column: str, *, integer: bool) -> pd.Series:
     return pd.Series(out, index=table.frame.index, dtype=object)
 
 
-def parse_numbers(table: RawTable, column: str, *, required: bool, integral: bool) -> pd.Series:
-    """Numbers of `column`: int64 when `integral` (timestamps), else float64 with NaN for missing optional values."""
+def parse_numbers(
+    table: RawTable, column: str, *, required: bool, integral: bool, limits: tuple[float, float, str] | None = None
+) -> pd.Series:
+    """Numbers of `column`: int64 when `integral` (timestamps), else float64 with NaN for missing optional values.
+    `limits` (low, high, what): a value outside [low, high] is refused as "expected {what}"."""
     raw = table.frame[column]
     if _is_text_column(raw):
         stripped = raw.str.strip()
@@ -150,11 +160,15 @@ def parse_numbers(table: RawTable, column: str, *, required: bool, integral: boo
         bad |= ~missing & (filled % 1 != 0)
     if required:
         bad |= missing
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+    outside = np.zeros(len(numbers), dtype=bool)
+    if limits is not None:
+        outside = ~bad & ~missing & ((filled < limits[0]) | (filled > limits[1]))
+    if bad.any() or outside.any():
+        i = int(np.flatnonzero(bad | outside)[0])
         value = raw.iloc[i]
         what = "is empty" if missing[i] else f"has {show_value(value)}"
         need = "a whole number (Unix seconds)" if integral else "a number"
+        need = limits[2] if outside[i] else need
         raise DataFormatError(
             f"{table.where(i)}, column '{column}' {what}, expected {need}. Fix: correct or remove that record."
         )

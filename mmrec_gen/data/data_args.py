@@ -9,6 +9,7 @@ its checks and then calls the next one in the MRO, so a combined config runs eve
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -20,13 +21,17 @@ ALL_CANDIDATES = 0
 
 
 def parse_num_candidates(value: str) -> int:
-    """argparse type of --num-candidates: a count, or `all` (ALL_CANDIDATES)."""
+    """argparse type of --num-candidates: a count of at least 2, or `all` (ALL_CANDIDATES; a literal 0 is not
+    read as `all`)."""
     if str(value).strip().lower() == "all":
         return ALL_CANDIDATES
     try:
-        return int(value)
+        count = int(value)
     except ValueError:
-        raise ValueError(f"--num-candidates takes a number or all, got {value!r}") from None
+        count = None
+    if count is None or count < 2:
+        raise argparse.ArgumentTypeError(f"--num-candidates takes a number >= 2 or all, got {value!r}")
+    return count
 
 
 @dataclass(kw_only=True)

@@ -79,6 +79,26 @@ def atomic_write(path: str | os.PathLike[str], *, binary: bool = False) -> Itera
             os.unlink(tmp)
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number (a NaN or infinite value was written into the file)")
+
+
+def loads_json(text: str | bytes):
+    """`json.loads` that refuses NaN, Infinity and -Infinity (Python writes and reads them; JSON has no such
+    numbers, and a NaN score would be evaluated as if it ranked something)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def dumps_json(obj, **kwargs) -> str:
+    """`json.dumps` that raises ValueError on NaN or an infinity instead of writing them (`allow_nan=False`)."""
+    return json.dumps(obj, allow_nan=False, **kwargs)
+
+
+# A JSONL record longer than this is refused before it is parsed: a JSON array saved as .jsonl, or a file that is
+# not JSONL at all, would otherwise be read into memory (and parsed) as one multi-gigabyte line.
+MAX_JSONL_LINE_CHARS = 1 << 24
+
+
 class JSONLineError(ValueError):
     """A line of a JSONL file that is not a JSON object; callers turn it into their format's own message."""
 
@@ -91,19 +111,26 @@ class JSONLineError(ValueError):
 
 
 def iter_jsonl(path: str | os.PathLike[str], *, encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
-    """(1-based line number, object) for every non-blank line; raises JSONLineError on the first bad line."""
+    """(1-based line number, object) for every non-blank line; raises JSONLineError on the first bad line, or on a
+    line longer than MAX_JSONL_LINE_CHARS (without reading the rest of it)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a JSONL file; pass the file itself (e.g. {path}/NAME.jsonl)")
+    limit = MAX_JSONL_LINE_CHARS
     with path.open(encoding=encoding) as fh:
-        for line_no, line in enumerate(fh, start=1):
+        for line_no, line in enumerate(iter(lambda: fh.readline(limit + 1), ""), start=1):
+            if len(line) > limit and not line.endswith("\n"):
+                raise JSONLineError(
+                    path, line_no, f"a line of more than {limit:,} characters: JSONL holds one record per line "
+                    "(a JSON array or another format?)", True,
+                )  # fmt: skip
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = loads_json(line)
             except json.JSONDecodeError as exc:
                 raise JSONLineError(path, line_no, exc.msg, True, column=exc.colno) from exc
-            except ValueError as exc:  # e.g. an integer of more than 4300 digits (Python's int-parsing limit)
+            except ValueError as exc:  # NaN / Infinity, or an integer of more than 4300 digits (Python's limit)
                 raise JSONLineError(path, line_no, f"{str(exc)[:120]}", True) from None
             if not isinstance(obj, dict):
                 raise JSONLineError(path, line_no, "not a JSON object", False, type(obj).__name__)

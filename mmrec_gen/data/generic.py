@@ -16,7 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmrec_gen.data.columns import RawDataset, RawTable, id_to_str, parse_ids, parse_numbers, require_columns
+from mmrec_gen.data.columns import (
+    RawDataset,
+    RawTable,
+    has_visible_text,
+    id_to_str,
+    parse_ids,
+    parse_numbers,
+    require_columns,
+    show_value,
+)
 from mmrec_gen.data.errors import DataFormatError
 from mmrec_gen.data.files import JSONLineError, iter_jsonl
 from mmrec_gen.data.schema import Item
@@ -34,6 +43,11 @@ def find_generic_file(root: Path, stem: str) -> Path | None:
             "Fix: remove or rename one of them."
         )
     return found[0] if found else None
+
+
+# No rating scale is wider (stars, 1-10, 0-100 points, Jester's -10..10): beyond it a value is a corrupt record,
+# and 1e308 would overflow the MSE baseline's RMSE. Negative ratings load, and the load log says so (loaders.py).
+RATING_LIMITS = (-1000.0, 1000.0, "a rating between -1000 and 1000")
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict], list[str], np.ndarray]:
@@ -98,10 +112,10 @@ def _read_items(root: Path, path: Path) -> dict[str, Item]:
                 f"{where}, column 'item_id' has {record.get('item_id')!r}, expected an id. Fix: correct that record."
             )
         title = record.get("title")
-        if not isinstance(title, str) or not title.strip():
+        if not has_visible_text(title):  # spaces and zero-width characters only: nothing a prompt could show
             raise DataFormatError(
-                f"{where} (item {item_id}), column 'title' has {title!r}, expected a non-empty string. "
-                "Fix: give the item a title."
+                f"{where} (item {item_id}), column 'title' has {show_value(title)}, expected a title with visible "
+                "characters. Fix: give the item a title."
             )
         if item_id in items:
             raise DataFormatError(
@@ -139,7 +153,7 @@ def read_generic(root: Path) -> RawDataset:
             "user_id": parse_ids(table, "user_id", integer=False),
             "item_id": parse_ids(table, "item_id", integer=False),
             "timestamp": parse_numbers(table, "timestamp", required=True, integral=True),
-            "rating": parse_numbers(table, "rating", required=False, integral=False),
+            "rating": parse_numbers(table, "rating", required=False, integral=False, limits=RATING_LIMITS),
         }
     )
     return RawDataset(items, typed, interactions_path, items_path)

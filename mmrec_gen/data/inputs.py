@@ -79,6 +79,8 @@ def run_meta(inputs: RunInputs, *, model: str, mode: str, template: str, shots: 
     cand = inputs.candidate_file
     # A whole-catalogue run says so: its rows keep only the top of each ranking (data/rows.py catalogue_row).
     whole = {"candidates": "all"} if cand.num_candidates == ALL_CANDIDATES else {}
+    if cand.excluded:  # users the candidate file leaves out (all_item_candidates), so a report can count them
+        whole["excluded_users"] = len(cand.excluded)
     return {
         "dataset": cand.dataset,
         "split": cand.split,

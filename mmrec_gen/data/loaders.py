@@ -138,6 +138,20 @@ def _attach_images(items: dict[str, Item], images_dir: Path) -> dict[str, Item]:
     return {item_id: dataclasses.replace(item, image=files.get(item_id)) for item_id, item in items.items()}
 
 
+def _report_ratings(path: Path, ratings: pd.Series) -> None:
+    """Log the ratings' range; a warning when some are negative (a scale such as -10..10 loads, but prompts show
+    ratings as given and the MSE baseline predicts on that scale: worth a look)."""
+    rated = ratings.dropna()
+    if rated.empty:
+        return
+    low, high, negative = float(rated.min()), float(rated.max()), int((rated < 0).sum())
+    log = logger.warning if negative else logger.info
+    log(
+        "%s: ratings range from %g to %g (%d negative)%s", path, low, high, negative,
+        ": check that this is the data's scale" if negative else "",
+    )  # fmt: skip
+
+
 def load_dataset(data_dir: str | Path, images_dir: str | Path | None = None) -> Dataset:
     """Load `data_dir` (format auto-detected), filtering and counting as the module docstring documents.
 
@@ -178,4 +192,5 @@ def load_dataset(data_dir: str | Path, images_dir: str | Path | None = None) -> 
         "loaded %s (%s): %d users, %d items, %d interactions",
         dataset.name, source_format, interactions["user_id"].nunique(), len(items), len(interactions),
     )  # fmt: skip
+    _report_ratings(raw.interactions_path, interactions["rating"])
     return dataset

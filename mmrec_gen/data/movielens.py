@@ -20,6 +20,7 @@ from mmrec_gen.data.columns import (
     RawDataset,
     RawTable,
     canonical_integer,
+    has_visible_text,
     parse_ids,
     parse_numbers,
     require_columns,
@@ -80,12 +81,21 @@ def _typed_interactions(table: RawTable, user: str, item: str, rating: str, time
             "user_id": parse_ids(table, user, integer=True),
             "item_id": parse_ids(table, item, integer=True),
             "timestamp": parse_numbers(table, timestamp, required=True, integral=True),
-            "rating": parse_numbers(table, rating, required=True, integral=False),
+            "rating": parse_numbers(table, rating, required=True, integral=False, limits=RATING_SCALE),
         }
     )
 
 
+# Every MovieLens release rates 0.5-5 (ml-latest, ml-25m: half stars) or 1-5 (ml-100k, ml-1m).
+RATING_SCALE = (0.5, 5.0, "a rating from 0.5 to 5 (the MovieLens scale)")
+
+
 def _add_item(items: dict[str, Item], lines: dict[str, int], path: Path, line: int, item: Item) -> None:
+    if not has_visible_text(item.title):  # spaces and zero-width characters only: nothing a prompt could show
+        raise DataFormatError(
+            f"{path}: line {line} (item {item.item_id}), column 'title' has no visible character "
+            f"({show_value(item.title)}). Fix: give the movie a title."
+        )
     if item.item_id in items:
         raise DataFormatError(
             f"{path}: line {line} repeats item id {item.item_id} (first on line {lines[item.item_id]}). "

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from mmrec_gen.data.files import JSONLineError, atomic_write, iter_jsonl
+from mmrec_gen.data.files import JSONLineError, atomic_write, dumps_json, iter_jsonl, loads_json
 from mmrec_gen.data.rows import ERROR_KEYS, ROW_FIELDS, ResultRow
 
 MANIFEST = "manifest.json"
@@ -51,32 +51,47 @@ def iter_results(path: str | os.PathLike[str]) -> Iterator[tuple[int | str, dict
         yield from iter_jsonl(path)
     except JSONLineError as err:
         if err.not_json:
+            where = f" at column {err.column}" if err.column else ""
             raise ValueError(
-                f"{err.path}:{err.line_no}: not valid JSON ({err.problem} at column {err.column}); the file is corrupt or was "
-                f"cut off mid-write: re-run the command that wrote it, or delete that line"
+                f"{err.path}:{err.line_no}: not valid JSON ({err.problem}{where}); the file is corrupt, was cut off "
+                "mid-write or was written with NaN scores: re-run the command that wrote it, or delete that line"
             ) from None
         raise ValueError(
             f"{err.path}:{err.line_no}: expected a JSON object (one result row per line), got {err.got}"
         ) from None
 
 
-def _dumps(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False)
+def _dumps(value: Any) -> str:
+    return dumps_json(value, ensure_ascii=False)
+
+
+def row_line(path: str | os.PathLike[str], row: dict[str, Any]) -> str:
+    """One row as a JSON line; a NaN or infinite number in it raises ValueError naming the file and the user (the
+    code that made the row should have made it an error row: nothing is written)."""
+    try:
+        return _dumps(row) + "\n"
+    except ValueError:
+        raise ValueError(
+            f"{path}: the row of user {row.get('user_id')!r} holds a NaN or infinite number, which JSON cannot hold; "
+            "it was not written. The method that made it must turn non-finite scores into an error row: report it"
+        ) from None
 
 
 def write_results(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
     """Write `rows` as JSONL atomically: a temp file in the target folder, fsync, then rename over `path` (logged
-    when it replaces an existing file)."""
+    when it replaces an existing file). A row holding NaN or an infinity raises ValueError and leaves `path` as it
+    was (`row_line`)."""
     if os.path.exists(path):
         logger.info("replacing the existing %s", path)
     with atomic_write(path) as fh:
         for row in rows:
-            fh.write(_dumps(row) + "\n")
+            fh.write(row_line(path, row))
 
 
 def append_result(fh: IO[str], row: dict[str, Any]) -> None:
-    """Append one row to an open text file and flush, so a crash loses at most the row being written."""
-    fh.write(_dumps(row) + "\n")
+    """Append one row to an open text file and flush, so a crash loses at most the row being written; a row holding
+    NaN or an infinity raises ValueError before anything is written (`row_line`)."""
+    fh.write(row_line(fh.name, row))
     fh.flush()
 
 
@@ -110,6 +125,7 @@ def write_results_parquet(path: str | os.PathLike[str], rows: Iterable[dict[str,
     columns: dict[str, list] = {name: [] for name in (*ROW_FIELDS, "extra")}
     for row in rows:
         r = ResultRow.from_dict(row)
+        row_line(path, row)  # the same check as a JSONL line: no NaN or infinity in any field
         columns["user_id"].append(str(r.user_id))
         columns["candidates"].append(None if r.candidates is None else [str(c) for c in r.candidates])
         columns["ranking"].append(None if r.ranking is None else [str(c) for c in r.ranking])
@@ -134,8 +150,8 @@ def read_results_parquet(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     rows = []
     for record in pq.read_table(path).to_pylist():
-        extra = json.loads(record.pop("extra") or "{}")
-        record["meta"] = json.loads(record["meta"])
+        extra = loads_json(record.pop("extra") or "{}")
+        record["meta"] = loads_json(record["meta"])
         rows.append(ResultRow(**record, extra=extra).to_dict())
     return rows
 
@@ -165,7 +181,13 @@ def iter_result_dir(folder: str | os.PathLike[str]) -> Iterator[tuple[str, dict[
         path = folder / shard["file"]
         if not path.exists():
             raise ValueError(f"{path}: listed in {folder / MANIFEST} but missing; rerun the batch-rank command")
-        rows = read_results_parquet(path)
+        try:
+            rows = read_results_parquet(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(
+                f"{path}: cannot read this shard ({type(exc).__name__}: {str(exc)[:160]}); delete it and rerun the "
+                "`mmrec batch-rank` command: it ranks that shard's users again"
+            ) from None
         if len(rows) != shard["rows"]:
             raise ValueError(f"{path}: {len(rows)} rows, the manifest says {shard['rows']}; rerun the job")
         for n, row in enumerate(rows, start=1):

@@ -86,8 +86,8 @@ class ResultRow:
     ) -> ResultRow:  # fmt: skip
         """A valid row ranked by per-candidate `scores` (in candidate order) under the tie rule."""
         scores = [float(s) for s in scores]
-        if any(math.isnan(s) for s in scores):
-            raise ValueError(f"user {user_id}: a NaN score among {len(scores)} candidate scores")
+        if not all(math.isfinite(s) for s in scores):
+            raise ValueError(f"user {user_id}: a NaN or infinite score among {len(scores)} candidate scores")
         return cls(
             str(user_id), list(candidates), target, meta, ranking=rank_by_scores(list(candidates), scores),
             valid=True, scores=scores, truncated=truncated, n_history=n_history, extra=extra,

@@ -87,3 +87,6 @@ class CandidateFile:
     seed: int
     num_candidates: int
     rows: list[CandidateRow]
+    # Users left out of the file, with why (whole catalogue: a user who has interacted with every item has nothing
+    # to rank); logged when the file is built and counted in the rows' meta (`excluded_users`).
+    excluded: dict[str, str] = field(default_factory=dict)

@@ -303,12 +303,12 @@ def generate_synthetic(
             }
             if with_images:
                 record["image"] = f"images/{item.item_id}.png"
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
     width = max(4, len(str(num_users)))
     with (out / "interactions.jsonl").open("w", encoding="utf-8", newline="\n") as handle:
         for u in range(num_users):
             for event in _user_sequence(seed, f"u{u + 1:0{width}d}", items, min_len, max_len):
-                handle.write(json.dumps(event) + "\n")
+                handle.write(json.dumps(event, allow_nan=False) + "\n")
     readme = _README.format(
         num_users=num_users, num_items=num_items, seed=seed, with_images=with_images, min_len=min_len,
         max_len=max_len, genres=", ".join(f"{g.name} ({g.shape})" for g in GENRES),

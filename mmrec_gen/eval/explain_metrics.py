@@ -10,6 +10,10 @@ An explanation row (one per user) holds, besides `user_id`, `item_id`, `title` a
     "item_genres": [str],                the recommended item's genres
     "meta": {..., "genres": [str]}       every genre of the dataset (the vocabulary genre mentions are read from)
 
+Both `mmrec evaluate` and `mmrec report` read an explanation file through `evaluate_explanation_file`, which checks
+every row against this schema (`explanation_row_problem`, types included) and names the file, line and field of
+the first row that does not fit: a title list given as one string would otherwise be read character by character.
+
 The checks that need the whole history and catalogue (which titles a text mentions, which of them are
 hallucinated) are made when the row is written (rank/explain.py); the metrics here aggregate them, so a file
 can be evaluated without its dataset. Only rows with an explanation count (`n_explanations`); error rows are
@@ -61,6 +65,55 @@ _NON_WORD = re.compile(r"[^\w]+")
 def is_explanation_row(row: dict[str, Any]) -> bool:
     """True for a row written by `mmrec explain` (it has an `explanation` key or meta.mode == "explain")."""
     return "explanation" in row or (row.get("meta") or {}).get("mode") == "explain"
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
+def _is_titles(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(t, str) for t in value)
+
+
+def _is_evidence(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(e, dict) and isinstance(e.get("title"), str) for e in value)
+
+
+# field -> (what it must be, its check); every field may also be null or absent, except user_id.
+_ROW_SCHEMA = {
+    "explanation": ("text", _is_text),
+    "error": ("text", _is_text),
+    "item_id": ("an item id", _is_id),
+    "title": ("text", _is_text),
+    "hallucinated_titles": ("a list of titles", _is_titles),
+    "mentioned_titles": ("a list of titles", _is_titles),
+    "cited_history": ("a list of titles", _is_titles),
+    "cites_history": ("true or false", lambda v: isinstance(v, bool)),
+    "cited_title": ("text", _is_text),
+    "evidence": ('a list of {"item_id", "title"} objects', _is_evidence),
+    "item_genres": ('a list of genres or one "A|B" text', lambda v: isinstance(v, str) or _is_titles(v)),
+    "meta": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
+def explanation_row_problem(row: dict[str, Any]) -> str | None:
+    """What makes `row` unfit to be read as an explanation row (the module docstring's schema), naming the field;
+    None for a fit row."""
+    fix = "re-run `mmrec explain` (the file was edited or written by other code)"
+    if not _is_id(row.get("user_id")):
+        return f"'user_id' must be a user id, got {str(row.get('user_id'))[:80]!r}; {fix}"
+    for key, (want, ok) in _ROW_SCHEMA.items():
+        value = row.get(key)
+        if value is not None and not ok(value):
+            return f"'{key}' must be {want} or null, got {type(value).__name__} {str(value)[:80]!r}; {fix}"
+    genres = (row.get("meta") or {}).get("genres")
+    if genres is not None and not (isinstance(genres, str) or _is_titles(genres)):
+        return f"'meta.genres' must be a list of genres or null, got {str(genres)[:80]!r}; {fix}"
+    return None
 
 
 def is_explanation_file(path: str | os.PathLike[str]) -> bool:
@@ -141,8 +194,8 @@ def explanation_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_explanation_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """`explanation_metrics` of one file, plus `file` and `meta`; a row that is not an explanation row, or a
-    repeated user, raises ValueError naming the file and line."""
+    """`explanation_metrics` of one file, plus `file` and `meta`; a row that is not an explanation row, does not fit
+    the schema (`explanation_row_problem`) or repeats a user raises ValueError naming the file, line and field."""
     rows, seen = [], set()
     for line_no, row in iter_results(path):
         if not is_explanation_row(row):
@@ -152,6 +205,9 @@ def evaluate_explanation_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             )
         if row.get("user_id") is None:
             raise ValueError(f"{path}:{line_no}: 'user_id' is missing or null; re-run `mmrec explain`")
+        problem = explanation_row_problem(row)
+        if problem:
+            raise ValueError(f"{path}:{line_no}: {problem}")
         if row["user_id"] in seen:
             raise ValueError(f"{path}:{line_no}: user {row['user_id']!r} appears twice; deduplicate the file")
         seen.add(row["user_id"])

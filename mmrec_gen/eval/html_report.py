@@ -33,10 +33,14 @@ from mmrec_gen.data.files import atomic_write
 from mmrec_gen.data.results import read_results
 from mmrec_gen.eval.explain_metrics import evaluate_explanation_file
 from mmrec_gen.eval.report import evaluate_file, protocol_line
+from mmrec_gen.prompting.sanitize import ELLIPSIS
 from mmrec_gen.rank.titles import display_title, front_article, strip_year
 
 logger = logging.getLogger(__name__)
 
+# Item text shown in the page is cut like item text in prompts (--max-text-chars' default, with an ellipsis): a
+# title appears up to 4 times per item (tooltip, alt text, caption) and in many cards.
+MAX_TEXT_CHARS = 300
 TEMPLATE = "report.html.jinja"
 MAX_K = 20
 _METRICS = (("HR@1", "hr@1"), ("HR@5", "hr@5"), ("NDCG@5", "ndcg@5"), ("NDCG@10", "ndcg@10"), ("MRR", "mrr"),
@@ -214,6 +218,34 @@ def highlight(text: str, cited: Sequence[str], hallucinated: Sequence[str] = ())
 
 
 # ------------------------------------------------------------------------------------------------ the page
+def cut_text(text: Any, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """`text` cut to `max_chars` characters, the last an ellipsis, as prompts cut item text (prompting/sanitize.py)."""
+    text = "" if text is None else str(text)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + ELLIPSIS
+
+
+def check_explanations_match(explanations: str, explain_meta: dict[str, Any], run_meta: dict[str, Any]) -> None:
+    """Explanations of another dataset are refused (their item ids name other items); ones made under another split,
+    candidate file or seed than the runs are shown with a warning."""
+    if explain_meta.get("dataset") not in (None, run_meta.get("dataset")):
+        raise ValueError(
+            f"--explanations {explanations} explains dataset {explain_meta['dataset']!r}, the runs rank "
+            f"{run_meta.get('dataset')!r}: pass the `mmrec explain` output of the same data"
+        )
+    differ = [
+        f"{key} {explain_meta[key]} vs {run_meta[key]}"
+        for key in ("split", "candidates_hash", "seed")
+        if explain_meta.get(key) is not None and run_meta.get(key) is not None and explain_meta[key] != run_meta[key]
+    ]
+    if differ:
+        logger.warning(
+            "--explanations %s was made under another protocol than the runs (%s): the explained items may not be "
+            "the runs' top items",
+            explanations,
+            ", ".join(differ),
+        )
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -251,6 +283,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     explain_result, explained = None, {}
     if cfg.explanations:
         explain_result = evaluate_explanation_file(cfg.explanations)
+        check_explanations_match(cfg.explanations, explain_result["meta"], metas[0])
         explained = {str(r["user_id"]): r for r in read_results(cfg.explanations)}
 
     ds = load_dataset(cfg.data, images_dir=cfg.images)
@@ -261,7 +294,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
         item = ds.items.get(str(item_id))
         if item is None:
             raise ValueError(f"item {item_id!r} of a run is not in {cfg.data}: pass the --data the runs were made on")
-        return {"id": item.item_id, "title": item.title, "genres": item.fields.get("genres", ""),
+        return {"id": item.item_id, "title": cut_text(item.title), "genres": cut_text(item.fields.get("genres", "")),
                 "src": thumbs(item.image)}  # fmt: skip
 
     in_all = set.intersection(*(set(u) for u in by_user))
@@ -295,8 +328,8 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
                 if why.get("explanation")
                 else [],
                 "error": why.get("error"),
-                "evidence": [e["title"] for e in why.get("evidence") or []],
-                "cited_title": why.get("cited_title"),
+                "evidence": [cut_text(e["title"]) for e in why.get("evidence") or []],
+                "cited_title": cut_text(why["cited_title"]) if why.get("cited_title") else None,
             }
         cards.append(card)
     if thumbs.failed:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,15 @@ def file_row_problem(row: dict[str, Any]) -> str | None:
     if missing:
         what = "'meta' is missing" if not isinstance(meta, dict) else f"'meta' lacks {', '.join(missing)}"
         return f"{what}; every row carries its run's protocol ({', '.join(_SHARED_KEYS)}): re-run the command"
+    scores = row.get("scores")
+    if scores is not None and (
+        not isinstance(scores, list)
+        or any(isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s) for s in scores)
+    ):
+        return (
+            f"'scores' must be a list of finite numbers, got {str(scores)[:80]}; a NaN or infinite score ranks "
+            "nothing: re-run the command that wrote the file (non-finite scores now make an error row)"
+        )
     return row_problem(row)
 
 
@@ -72,10 +83,18 @@ def evaluate_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     AUC is added when meta.template starts with "pointwise" and every non-error row carries `scores`.
     """
     rows = []
+    first: tuple[int | str, dict] | None = None  # (line, meta) of the first row
     for line_no, row in iter_results(path):
         problem = file_row_problem(row)
         if problem:
             raise ValueError(f"{path}:{line_no}: {problem}")
+        first = first or (line_no, row["meta"])
+        for key in _SHARED_KEYS:  # candidates_hash mixing is refused by ranking_metrics, naming both users
+            if key != "candidates_hash" and row["meta"][key] != first[1][key]:
+                raise ValueError(
+                    f"{path}:{line_no}: meta.{key} is {row['meta'][key]}, line {first[0]}'s is {first[1][key]}: the "
+                    "file mixes rows of different runs; evaluate each run's file separately"
+                )
         rows.append(row)
     try:
         result = ranking_metrics(rows)
@@ -89,6 +108,9 @@ def evaluate_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         else:
             logger.warning("%s: pointwise template but some rows have no scores; AUC not computed", path)
     result.update(rating_summary(rows))
+    # Which users the file ranks: runs on different users of one candidate file are not comparable (format_table).
+    user_ids = "\n".join(sorted(str(r["user_id"]) for r in rows))
+    result["users_hash"] = hashlib.sha256(user_ids.encode("utf-8")).hexdigest()[:16]
     result["file"] = str(path)
     result["meta"] = meta
     return result
@@ -148,6 +170,12 @@ def format_table(results: list[dict[str, Any]]) -> str:
         lines.append(
             "WARNING: these files used different candidate files or protocols (dataset/split/candidates/seed "
             "differ); their numbers are not comparable"
+        )
+    if len(shared) == 1 and len({r.get("users_hash") for r in results}) > 1:
+        sizes = ", ".join(f"{Path(str(r.get('file', '?'))).name}: {r.get('n_users')} users" for r in results)
+        lines.append(
+            f"WARNING: these files rank different users of one candidate file ({sizes}); their numbers are not "
+            "comparable: rank the same users (--max-users / --users)"
         )
 
     with_auc = any("auc" in r for r in results)

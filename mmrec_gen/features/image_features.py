@@ -208,7 +208,7 @@ def image_feature_table(
         report = reader.report
         # The report first, the table last: a table on disk always has its report.
         with atomic_write(report_path) as fh:
-            json.dump(report.to_dict(), fh, indent=1, ensure_ascii=False)
+            json.dump(report.to_dict(), fh, indent=1, ensure_ascii=False, allow_nan=False)
         save_npy_atomic(target, table)
     report.log(logger, "image features", str(report_path))
     return ImageFeatureTable(table, report, report_path)

@@ -18,6 +18,7 @@ from typing import Any
 from mmrec_gen.data.files import check_output_dir
 from mmrec_gen.data.rows import ResultRow
 from mmrec_gen.jobs.batch_config import BatchRankConfig
+from mmrec_gen.jobs.job_lock import JobLock
 from mmrec_gen.jobs.shard_store import ShardStore
 from mmrec_gen.jobs.shard_worker import BatchWorkerSpec, ShardEntry, ShardResult
 from mmrec_gen.rank.pipeline import RUN_ONLY_OPTIONS, RankPlan, build_task, plan_rank, rank_fingerprint
@@ -128,17 +129,23 @@ def _user_id(entry: ShardEntry) -> str:
 
 
 def run_batch_rank(cfg: BatchRankConfig, loaded_model=None) -> BatchSummary:
-    """Rank the job's users into cfg.out, resuming a killed job of the same config; returns the summary."""
-    from tqdm.auto import tqdm
-
-    from mmrec_gen.jobs.engines import run_local, run_ray
-
+    """Rank the job's users into cfg.out, resuming a killed job of the same config; returns the summary. The folder
+    is locked for the run (jobs/job_lock.py): another job on it is refused with FolderInUseError."""
     check_output_dir(cfg.out, "--out")
     if cfg.explain:  # the explanation template is checked before any model loads
         from mmrec_gen.rank.rank_config import check_template
 
         check_template("explain", ("explain",))
     plan = plan_batch(cfg)
+    with JobLock(cfg.out):  # one job per folder: a second one is refused while this one lives
+        return _run_locked(cfg, plan, loaded_model)
+
+
+def _run_locked(cfg: BatchRankConfig, plan: BatchPlan, loaded_model) -> BatchSummary:
+    from tqdm.auto import tqdm
+
+    from mmrec_gen.jobs.engines import run_local, run_ray
+
     store = ShardStore(cfg.out, plan.fingerprint, [[_user_id(e) for e in shard] for shard in plan.shards])
     done = store.start(overwrite=cfg.overwrite)
     todo = [(i, shard) for i, shard in enumerate(plan.shards) if i not in done]

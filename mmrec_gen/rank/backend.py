@@ -7,6 +7,7 @@ LLaVA-style models drop in without touching the ranker.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -80,11 +81,19 @@ class RankBackend(Protocol):
 
 def pick_options(option_scores, prompts: Sequence[RenderedPrompt], choices: Sequence) -> list:
     """Per prompt: the index of its best option under `option_scores` (the first of tied ones; a single option is
-    not scored), or the BackendError of its scoring. Shared by every backend's `choose_then_generate`."""
+    not scored), or the BackendError of its scoring, or one when a score is NaN or infinite (a NaN compares false
+    with everything, so `max` would pick an arbitrary option). Shared by every backend's `choose_then_generate`."""
     many = [i for i, c in enumerate(choices) if len(c.options) > 1]
     picks: list = [0] * len(prompts)
     scores = option_scores([prompts[i] for i in many], [choices[i] for i in many])
     for i, row in zip(many, scores, strict=True):
+        bad = [] if isinstance(row, BackendError) else [s for s in row if not math.isfinite(s)]
+        if bad:
+            picks[i] = BackendError(
+                f"non-finite option scores ({bad[0]}) for {len(bad)} of {len(row)} options: the model computed NaN "
+                "or infinite logits (weights or adapter holding NaN, or an fp16 overflow: try --dtype float32)"
+            )
+            continue
         picks[i] = row if isinstance(row, BackendError) else max(range(len(row)), key=lambda j: (row[j], -j))
     return picks
 

@@ -115,6 +115,7 @@ class RankConfig(RunConfig):
             )
         if self.max_new_tokens is None:
             self.max_new_tokens = 3 * self.num_candidates + 8
+        check_positive(self, "max_new_tokens")
 
 
 @dataclass(kw_only=True)
@@ -140,4 +141,4 @@ class ExplainConfig(RunConfig):
     def __post_init__(self):
         super().__post_init__()
         check_template(self.template, ("explain",))
-        check_positive(self, "num_evidence")
+        check_positive(self, "num_evidence", "max_new_tokens")

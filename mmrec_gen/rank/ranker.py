@@ -117,7 +117,18 @@ class Ranker:
         return self._row(task, error=message, **extra)
 
     def _scored_row(self, task: UserTask, candidate_ids, scores, prompts: Sequence[RenderedPrompt]) -> dict:
-        """A valid row ranked by per-candidate `scores` (in candidate-file order) from `prompts`."""
+        """A valid row ranked by per-candidate `scores` (in candidate-file order) from `prompts`; an error row when a
+        score is NaN or infinite (a NaN sorts anywhere: the "ranking" would be the display order, and the file
+        would hold bare NaN, which is not JSON)."""
+        scores = [float(s) for s in scores]
+        bad = [s for s in scores if not math.isfinite(s)]
+        if bad:
+            message = (
+                f"non-finite scores ({bad[0]}) for {len(bad)} of {len(scores)} candidates: the model computed NaN or "
+                "infinite logits (weights or adapter holding NaN, or an fp16 overflow: try --dtype float32); "
+                "nothing was ranked for this user"
+            )
+            return self._error_row(task, message, prompts[0])
         return self._row(
             task,
             ranking=rank_by_scores(candidate_ids, scores),

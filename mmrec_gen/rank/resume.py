@@ -66,7 +66,7 @@ class ResumableResults:
 
     def _write_sidecar(self, complete: bool) -> None:
         state = {"config": self.fingerprint, "complete": complete}
-        self.sidecar.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        self.sidecar.write_text(json.dumps(state, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
 
     def start(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
         """The rows already written for the first users of `user_ids` (empty when starting over); raises
