@@ -14,6 +14,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from mmrec_gen.data.files import dumps_json
 from mmrec_gen.models.types import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def base_fingerprint(model) -> dict:
 
 def write_adapter_metadata(adapter_dir: str | Path, loaded: LoadedModel, **extra) -> None:
     meta = {"base_model": loaded.name, "base_fingerprint": base_fingerprint(loaded.model), **extra}
-    Path(adapter_dir, METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    Path(adapter_dir, METADATA_FILE).write_text(dumps_json(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def read_adapter_metadata(adapter_dir: str | Path) -> dict | None:

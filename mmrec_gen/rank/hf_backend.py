@@ -258,8 +258,14 @@ class HFBackend:
             )
             orders = []
             for row in out[:, prompt_len:].tolist():
-                labels = [first_index[row[0]]] + [cont_index[t] for t in row[2::2]]
-                orders.append(labels)
+                if row[0] not in first_index or any(t not in cont_index for t in row[2::2]):
+                    # Every allowed token had a NaN logit, so greedy search fell back to token 0.
+                    orders.append(BackendError(
+                        "non-finite logits: the model computed NaN or infinite logits (weights or an adapter "
+                        "holding NaN, or an fp16 overflow: try --dtype float32)"
+                    ))  # fmt: skip
+                    continue
+                orders.append([first_index[row[0]]] + [cont_index[t] for t in row[2::2]])
             return orders
 
         return self._map(prompts, run, "constrained")

@@ -22,7 +22,6 @@ optimizer and the schedule: the Trainer's) let a killed run resume to the same p
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmrec_gen.data.files import dumps_json
 from mmrec_gen.data.loaders import load_dataset
 from mmrec_gen.data.schema import Item
 from mmrec_gen.models.adapters import base_fingerprint
@@ -194,7 +194,7 @@ def run_align(cfg: AlignConfig, loaded=None, callbacks=()) -> dict:
         "image_encoder": cfg.image_encoder, "image_fingerprint": config.fingerprints["image"],
         "items": len(features.item_ids), "items_with_image": int(has_image.sum()), "data": str(cfg.data),
     }  # fmt: skip
-    (out / ALIGN_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / ALIGN_FILE).write_text(dumps_json(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     trainer.state.save_to_json(str(out / "trainer_state.json"))
     for stale in out.glob("checkpoint-*"):
         shutil.rmtree(stale)
@@ -208,6 +208,6 @@ def run_align(cfg: AlignConfig, loaded=None, callbacks=()) -> dict:
         "train_runtime_s": round(runtime, 1) if runtime else None, "wall_s": round(time.time() - started, 1),
         "cpu_s": round(_cpu_seconds() - cpu_started, 1), "resumed_from": resume_from,
     }  # fmt: skip
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / SUMMARY_FILE).write_text(dumps_json(summary, indent=2) + "\n", encoding="utf-8")
     logger.info("aligned image projector saved to %s", out)
     return summary

@@ -139,7 +139,7 @@ class ItemRecDPOTrainer(ItemRecTrainer):
         reference = inputs["reference"].to(scores.device)
         loss = sdpo_loss(scores[:, 0], scores[:, 1:], reference[:, 0], reference[:, 1:], self.beta)
         if model.training and not torch.isfinite(loss.detach()):
-            from mmrec_gen.train.item_rec_trainer import NonFiniteLossError
+            from mmrec_gen.train.trainers import NonFiniteLossError
 
             raise NonFiniteLossError(
                 f"training diverged at step {self.state.global_step + 1}: the S-DPO loss is {loss.item()}; nothing is "

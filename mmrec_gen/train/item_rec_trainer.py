@@ -21,7 +21,6 @@ fingerprints, prompt options), the tokenizer, `mmrec_adapter.json` (the base mod
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from transformers import Trainer
 
+from mmrec_gen.data.files import dumps_json
 from mmrec_gen.data.loaders import load_dataset
 from mmrec_gen.data.seeding import rng_for
 from mmrec_gen.data.split import split_dataset
@@ -47,7 +47,7 @@ from mmrec_gen.train.item_data import (
     label_head_examples,
     training_rows,
 )
-from mmrec_gen.train.trainers import SUMMARY_FILE, _cpu_seconds, check_resume, load_base
+from mmrec_gen.train.trainers import SUMMARY_FILE, NonFiniteLossError, _cpu_seconds, check_resume, load_base
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +73,6 @@ def ranking_metrics(eval_pred) -> dict[str, float]:
     rank = 1 + ((scores >= right[:, None]) & others).sum(-1)
     ndcg = np.where(rank <= 10, 1.0 / np.log2(rank + 1), 0.0)
     return {"hr@1": float((rank == 1).mean()), "ndcg@10": float(ndcg.mean())}
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training diverged: the run stops and nothing is saved from it."""
 
 
 class ItemRecTrainer(Trainer):
@@ -210,21 +206,28 @@ def lora_item_model(cfg: TrainConfig, model):
 
 
 def item_training_args(cfg: TrainConfig, run: ItemRun):
-    """The config itself (a TrainingArguments) with what the machine and the model decide filled in."""
+    """The config itself (a TrainingArguments) with what the machine and the model decide filled in (a new object:
+    its devices and distributed state are set up from these values, as `trainers.training_arguments` does)."""
+    import dataclasses
+
     from mmrec_gen.models.loading import cpu_has_fast_bf16
 
     on_gpu = torch.cuda.is_available()
-    cfg.bf16 = run.loaded.dtype == "bfloat16" or (not on_gpu and run.loaded.dtype == "float32" and cpu_has_fast_bf16())
-    cfg.fp16 = False
-    cfg.use_cpu = not on_gpu
-    cfg.disable_tqdm = not cfg.progress
-    cfg.remove_unused_columns = False
-    cfg.label_names = ["candidate_labels"]
-    cfg.dataloader_num_workers = 0
-    cfg.data_seed = cfg.seed
-    if cfg.head == "labels":  # the item head's weights get no gradient: DDP must not wait for them
-        cfg.ddp_find_unused_parameters = True
-    return cfg
+    fp32_on_fast_cpu = not on_gpu and run.loaded.dtype == "float32" and cpu_has_fast_bf16()
+    return dataclasses.replace(
+        cfg,
+        # bf16 autocast over fp32 master weights where the CPU has native bf16 matmuls; bf16 weights train in bf16.
+        bf16=run.loaded.dtype == "bfloat16" or fp32_on_fast_cpu,
+        fp16=False,
+        use_cpu=not on_gpu,
+        disable_tqdm=not cfg.progress,
+        remove_unused_columns=False,
+        label_names=["candidate_labels"],
+        dataloader_num_workers=0,
+        data_seed=cfg.seed,
+        # The labels head leaves the item head without gradient: DDP must not wait for it.
+        ddp_find_unused_parameters=True if cfg.head == "labels" else cfg.ddp_find_unused_parameters,
+    )
 
 
 def run_item_sft(cfg: TrainConfig, loaded=None, callbacks=()) -> dict:
@@ -290,7 +293,7 @@ def save_item_run(cfg, run: ItemRun, trainer, kind: str, summary: dict, started,
     evals = [{k: h[k] for k in ("step", "eval_hr@1", "eval_ndcg@10") if k in h} for h in log if "eval_ndcg@10" in h]
     runtime = next((h["train_runtime"] for h in reversed(log) if "train_runtime" in h), None)
     steps = trainer.state.global_step
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * max(1, cfg.world_size)
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * trainer.accelerator.num_processes
     summary = {
         "kind": kind, "path": f"item-tokens/{cfg.head}", "model": run.loaded.name, "sources": cfg.item_token_sources,
         **summary, "steps": steps, "windows_per_step": per_step,
@@ -304,8 +307,8 @@ def save_item_run(cfg, run: ItemRun, trainer, kind: str, summary: dict, started,
         run.features is not None and run.features.image_report is not None
     ):  # every bad image file (the log names the first 3)
         summary["images"] = run.features.image_report
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    logger.info("adapter saved to %s: %s", out, json.dumps(summary))
+    (out / SUMMARY_FILE).write_text(dumps_json(summary, indent=2) + "\n", encoding="utf-8")
+    logger.info("adapter saved to %s: %s", out, dumps_json(summary))
     return summary
 
 

@@ -13,7 +13,7 @@ import resource
 import time
 from pathlib import Path
 
-from mmrec_gen.data.files import check_output_dir
+from mmrec_gen.data.files import check_output_dir, dumps_json
 from mmrec_gen.data.loaders import load_dataset
 from mmrec_gen.data.split import split_dataset
 from mmrec_gen.models.adapters import attach_adapter, write_adapter_metadata
@@ -55,6 +55,29 @@ def answer_budget(cfg: TrainConfig) -> int:
     if cfg.target == "explanation":
         return EXPLANATION_MAX_NEW_TOKENS  # mmrec explain's default --max-new-tokens
     return 3 * cfg.num_candidates + 8 + (64 if cfg.explanations else 0)
+
+
+# ------------------------------------------------------------------------------------------------ divergence
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged (a NaN or infinite loss): the run stops with the step, and nothing is saved from it."""
+
+
+def non_finite_loss_callback():
+    """A TrainerCallback that stops a run at the first logged loss that is NaN or infinite, naming the step."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise NonFiniteLossError(
+                    f"training diverged by step {state.global_step}: the loss is {loss}; nothing is saved from this "
+                    "run. Lower --learning-rate (or --beta for DPO), or check the data"
+                )
+
+    return StopOnNonFiniteLoss()
 
 
 # ------------------------------------------------------------------------------------------------ output folder
@@ -127,7 +150,7 @@ def check_resume(cfg: TrainConfig, kind: str) -> str | None:
             shutil.rmtree(stale_checkpoint)
         logger.warning("--resume false: removed the checkpoints in %s, training from the start", out)
     out.mkdir(parents=True, exist_ok=True)
-    saved_path.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    saved_path.write_text(dumps_json(wanted, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return last if cfg.resume else None
 
 
@@ -331,8 +354,8 @@ def _finish(cfg, kind, trainer, loaded, model, stats, rows, path, started, cpu_s
         "cpu_s": round(_cpu_seconds() - cpu_started, 1),
         "resumed_from": resumed_from,
     }
-    Path(cfg.output_dir, SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    logger.info("adapter saved to %s: %s", cfg.output_dir, json.dumps(summary))
+    Path(cfg.output_dir, SUMMARY_FILE).write_text(dumps_json(summary, indent=2) + "\n", encoding="utf-8")
+    logger.info("adapter saved to %s: %s", cfg.output_dir, dumps_json(summary))
     return summary
 
 
@@ -348,7 +371,9 @@ def _train(kind: str, cfg: TrainConfig, loaded: LoadedModel | None, callbacks, m
     stats = RowStats()
     ds, rendered = _examples(cfg, loaded, stats)
     model = peft_model(cfg, loaded)
-    trainer, rows, path = make_trainer(cfg, loaded, model, ds, rendered, stats, list(callbacks))
+    trainer, rows, path = make_trainer(
+        cfg, loaded, model, ds, rendered, stats, [*callbacks, non_finite_loss_callback()]
+    )
     if not rows:
         raise ValueError("every training example was dropped (see the warnings above); raise --max-model-len")
     trainer.train(resume_from_checkpoint=resume_from)
