@@ -17,7 +17,10 @@ def _model(tiny_model, **fields):
     from mmrec_gen.models.item_rec import ItemRecForRanking, item_rec_config
 
     rng = np.random.default_rng(0)
-    tables = {"cf": rng.normal(size=(N_ITEMS, 5)).astype("float32"), "text": rng.normal(size=(N_ITEMS, 7)).astype("float32")}
+    tables = {
+        "cf": rng.normal(size=(N_ITEMS, 5)).astype("float32"),
+        "text": rng.normal(size=(N_ITEMS, 7)).astype("float32"),
+    }
     lm = copy.deepcopy(tiny_model.model)
     config = item_rec_config(lm, item_ids=[f"i{k}" for k in range(N_ITEMS)], tables=tables, num_layers=1,
                              item_token_id=3, base_model="tiny-llama", **fields)  # fmt: skip
@@ -61,8 +64,9 @@ def test_candidate_scores_are_the_catalogue_scores_of_those_items(tiny_model):
 
 
 def test_save_pretrained_then_auto_classes_give_identical_scores(tiny_model, tmp_path):
-    import mmrec_gen  # noqa: F401 - registers the model type with the Auto classes
     from transformers import AutoConfig, AutoModel
+
+    import mmrec_gen  # noqa: F401 - registers the model type with the Auto classes
 
     model, _ = _model(tiny_model)
     model.save_pretrained(tmp_path)
