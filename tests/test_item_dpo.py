@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -100,6 +101,24 @@ def test_dpo_refuses_other_sources_and_item_tokens_without_an_adapter(synth_dir,
     code = main(["train", "dpo", "--data", str(synth_dir), "--model", "tiny-llama", "--item-tokens", "cf",
                  "--output-dir", str(tmp_path / "b")])  # fmt: skip
     assert code != 0
+
+
+def test_dpo_runs_on_the_adapters_base_and_writes_nothing_when_that_base_cannot_load(
+    synth_dir, items_adapter, tmp_path
+):
+    from mmrec_gen.train.item_rec_dpo import run_item_dpo
+
+    summary = run_item_dpo(_dpo_cfg(synth_dir, items_adapter, tmp_path / "a", model="tiny-llama-smollm2-tokenizer",
+                                    max_steps=1))  # fmt: skip
+    assert summary["model"].startswith("tiny-llama+")  # the adapter's base, not --model
+    moved = tmp_path / "moved"
+    shutil.copytree(items_adapter, moved)
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "base_model": str(tmp_path / "no-such-model")}))
+    out = tmp_path / "b"
+    with pytest.raises((ValueError, OSError)):
+        run_item_dpo(_dpo_cfg(synth_dir, moved, out, max_steps=1))
+    assert not out.exists()  # refused before the output folder was touched
 
 
 # ------------------------------------------------------------------------------------------------ curriculum

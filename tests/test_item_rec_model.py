@@ -98,7 +98,11 @@ def test_a_hand_edited_config_names_the_field(tiny_model, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     for field, value, message in (("head", "foo", "head: one of labels, items"),
                                   ("source_dims", {"cf": 5, "sound": 3}, "source_dims: sources must be among"),
-                                  ("item_token_id", "3", "item_token_id: a token id")):  # fmt: skip
+                                  ("item_token_id", "3", "item_token_id: a token id"),
+                                  ("recipe", {"max_history": "8"}, "recipe.max_history: an integer >= 1"),
+                                  ("recipe", {"max_history": [10]}, "recipe.max_history: an integer >= 1"),
+                                  ("recipe", {"max_text_chars": -1}, "recipe.max_text_chars: an integer >= 1"),
+                                  ("recipe", {"split": "train"}, "recipe.split: valid or test")):  # fmt: skip
         (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
         with pytest.raises(ValueError, match=message) as err:
             read_item_rec_config(tmp_path)

@@ -133,3 +133,31 @@ def test_accelerate_launch_with_two_cpu_processes_matches_one_process_at_step_1(
     two = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert two["windows_per_step"] == 4 and two["steps"] == 1
     assert two["first_loss"] == pytest.approx(single["first_loss"], abs=1e-4)
+
+
+class _Payload:
+    """Unpickling this runs code (writes a file): what a crafted checkpoint file would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_crafted_checkpoint_file_is_refused_on_resume_and_runs_no_code(synth_dir, tmp_path):
+    import pickle
+
+    from training_helpers import Killed, kill_after_save
+
+    from mmrec_gen.train.item_rec_trainer import run_item_sft
+
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        run_item_sft(_cfg(synth_dir, out), callbacks=[kill_after_save(2)])
+    marker = tmp_path / "code-ran"
+    for name in ("rng_state.pth", "optimizer.pt"):
+        (out / "checkpoint-2" / name).write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(pickle.UnpicklingError):
+        run_item_sft(_cfg(synth_dir, out))
+    assert not marker.exists()  # the Trainer loads checkpoints with weights_only=True: nothing was executed

@@ -88,12 +88,33 @@ class ItemRecConfig(PretrainedConfig):
             problems.append(f"item_token_id: a token id (int >= 0), got {self.item_token_id!r}")
         if not all(isinstance(i, str) for i in self.item_ids) or len(set(self.item_ids)) != len(self.item_ids):
             problems.append("item_ids: distinct item id strings")
+        problems += _recipe_problems(self.recipe)
         if self.source_dims and sorted(self.fingerprints) != sorted(self.source_dims):
             problems.append(
                 f"fingerprints: one per source {sorted(self.source_dims)}, got {sorted(self.fingerprints)}"
             )
         if problems:
             raise ValueError("item-token model config: " + "; ".join(problems))
+
+
+# The prompt options a model records (config.recipe) and what each must be.
+_RECIPE_INTS = ("max_history", "max_model_len", "max_text_chars", "num_candidates", "seed")
+
+
+def _recipe_problems(recipe: Mapping) -> list[str]:
+    problems = []
+    for key in _RECIPE_INTS:
+        value = recipe.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or (value < 1 and key != "seed")
+        ):
+            problems.append(f"recipe.{key}: an integer >= 1, got {value!r}")
+    if "split" in recipe and recipe["split"] not in ("valid", "test"):
+        problems.append(f"recipe.split: valid or test, got {recipe['split']!r}")
+    for key in ("template", "text_encoder"):
+        if key in recipe and not (isinstance(recipe[key], str) and recipe[key]):
+            problems.append(f"recipe.{key}: a non-empty string, got {recipe[key]!r}")
+    return problems
 
 
 @dataclass

@@ -172,7 +172,7 @@ def run_item_dpo(cfg: DPOTrainConfig, loaded=None, callbacks=()) -> dict:
     if config.base_model and cfg.model != config.base_model:
         logger.info("item-token adapter %s: DPO runs on its base model %s", cfg.adapter, config.base_model)
         cfg.model = config.base_model
-    resume_from = check_resume(cfg, "dpo")
+    # Every check that can refuse the run comes before the output folder is touched.
     ds = load_dataset(cfg.data, images_dir=cfg.images)
     split_result = split_dataset(ds)
     index = {item: k for k, item in enumerate(config.item_ids)}
@@ -181,6 +181,10 @@ def run_item_dpo(cfg: DPOTrainConfig, loaded=None, callbacks=()) -> dict:
         raise ValueError(f"{cfg.adapter}: trained on a catalogue of {len(index)} items, {cfg.data} has "
                          f"{len(ds.items)}; run DPO on the data the adapter was trained on")  # fmt: skip
     loaded = loaded or load_base(cfg)
+    from mmrec_gen.models.adapters import check_adapter
+
+    check_adapter(cfg.adapter, loaded, max_lora_rank=1 << 30)
+    resume_from = check_resume(cfg, "dpo")
     model_loaded = load_item_rec(cfg.adapter, dtype=cfg.dtype, base=loaded, trainable=True)
     write_adapter_metadata(cfg.output_dir, loaded, kind="dpo", template=cfg.template, head=cfg.head)
     builder = PromptBuilder.from_options(loaded.tokenizer, cfg.template, cfg, 1, item_tokens=True)
