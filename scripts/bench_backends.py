@@ -12,6 +12,13 @@ up, over the timed run (the cache is emptied before each mode, so a mode never r
 
 With --json the last line is one JSON object: the first mode's figures at the top level (hf_users_per_s,
 vllm_users_per_s, vllm_over_hf, prefix_cache_hit_rate), ray_2_over_1, and every mode's figures under by_mode.
+
+With --item-model DIR (an item-token adapter from `mmrec train sft --item-tokens ...`, or a merged folder) the item
+path is measured instead: both backends rank the same users with the model's item head (vLLM: its pooling runner on
+prompt_embeds), timed after a warm-up as above; the object holds hf_users_per_s, vllm_users_per_s, vllm_over_hf,
+top1_agreement, same_ranking and max_score_diff (the largest per-candidate score difference):
+
+    python scripts/bench_backends.py --data ../shared/data/ml-latest-small --item-model runs/rec --users 50 --json
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="float32", help="Both backends run this dtype (fp32: comparable on CPU).")
     parser.add_argument("--kv-cache-gb", type=float, default=1.0, help="vLLM KV cache size in GiB.")
     parser.add_argument("--ray-users", type=int, default=16, help="Users per Ray run (0: skip the Ray comparison).")
+    parser.add_argument("--item-model", help="Measure the item path of this item-token adapter or merged folder.")
+    parser.add_argument("--split", default="test", help="--item-model: the split to rank (the model's own).")
     parser.add_argument("--json", action="store_true", help="Print the figures as one JSON object on the last line.")
     return parser
 
@@ -81,8 +90,50 @@ def ray_ratio(data: str, model: str, users: int, tmp: str, dtype: str) -> tuple[
     return speeds[2] / speeds[1], None, {"ray_1_users_per_s": speeds[1], "ray_2_users_per_s": speeds[2]}
 
 
+def item_path(args: argparse.Namespace) -> dict:
+    """HF vs vLLM on an item-token model: users/s, top-1 agreement, largest score difference."""
+    import dataclasses
+
+    from mmrec_gen.models.item_rec_io import is_adapter_folder
+    from mmrec_gen.rank.pipeline import build_tasks, plan_rank
+    from mmrec_gen.rank.rank_config import RankConfig
+    from mmrec_gen.rank.worker import build_ranker
+
+    if args.data is None:
+        raise SystemExit("--item-model needs --data (the dataset the model was trained on)")
+    folder = {"adapter": args.item_model} if is_adapter_folder(args.item_model) else {"model": args.item_model}
+    figures, rows = {}, {}
+    for backend in ("hf", "vllm"):
+        cfg = RankConfig(data=args.data, split=args.split, dtype=args.dtype, backend=backend, progress=False,
+                         batch_size=args.batch_size, max_users=args.users + WARMUP_USERS, out="-", **folder)  # fmt: skip
+        plan = plan_rank(cfg)
+        everyone = build_tasks(plan.inputs, split=args.split, max_users=args.users + WARMUP_USERS)
+        ranker = build_ranker(dataclasses.replace(plan.worker), inputs=plan.inputs)
+        ranker.rank(everyone[:WARMUP_USERS])
+        start = time.perf_counter()
+        rows[backend] = ranker.rank(everyone[WARMUP_USERS:])
+        figures[f"{backend}_seconds"] = round(time.perf_counter() - start, 2)
+        del ranker
+    n = len(rows["hf"])
+    pairs = list(zip(rows["hf"], rows["vllm"], strict=True))
+    return {
+        "users": n,
+        **figures,
+        "hf_users_per_s": round(n / figures["hf_seconds"], 3),
+        "vllm_users_per_s": round(n / figures["vllm_seconds"], 3),
+        "vllm_over_hf": round(figures["hf_seconds"] / figures["vllm_seconds"], 2),
+        "top1_agreement": round(sum(h["ranking"][0] == v["ranking"][0] for h, v in pairs) / n, 3),
+        "same_ranking": round(sum(h["ranking"] == v["ranking"] for h, v in pairs) / n, 3),
+        "max_score_diff": max(abs(a - b) for h, v in pairs for a, b in zip(h["scores"], v["scores"], strict=True)),
+        "item_model": args.item_model,
+        "dtype": args.dtype,
+    }
+
+
 def main(args: argparse.Namespace) -> dict:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: the same CPU threads for both
+    if args.item_model:
+        return item_path(args)
     from mmrec_gen.data.inputs import prepare_inputs
     from mmrec_gen.data.synthetic import generate_synthetic
     from mmrec_gen.models.registry import load_model

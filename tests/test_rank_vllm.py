@@ -172,8 +172,9 @@ def test_an_over_long_prompt_is_an_error_row_for_its_user_only(backends, fp32, t
     assert all(isinstance(o, list) and len(o) == 1 for o in (out[0], out[2]))
 
 
-def test_item_scores_are_refused_naming_the_alternative(backends, fp32, tasks):
-    with pytest.raises(ValueError, match="--backend hf"):
+def test_item_scores_of_a_plain_language_model_are_refused(backends, fp32, tasks):
+    # Item scores need an item-token model (tests/test_item_rec_vllm.py serves one); a plain LM has no item head.
+    with pytest.raises(ValueError, match="item scores need an item-token model"):
         backends["vllm"].item_scores([])
 
 
